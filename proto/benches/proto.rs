@@ -1,1 +1,86 @@
-fn main(){}
+//! Micro-benchmarks of the protocol core (`cargo bench -p proto`); results in BENCHMARKS.md.
+//!
+//! - `advance_request/decode_verify`: the golden `clock/advance` request as the real JS client
+//!   sends it: CAR decode with hash checks, agent message, invocation UCAN, signature check.
+//! - `chain3/decode_verify`: a request whose invocation rests on a 3-link delegation chain:
+//!   decode and verify every link's signature.
+//! - `receipt/encode_sign`: sign a `clock/advance` receipt and encode the response CAR.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use proto::car::CarLimits;
+use proto::message::{self, AgentMessage};
+use proto::principal::Ed25519Signer;
+use proto::receipt::{Receipt, ReceiptOptions};
+use proto::ucan::{Capability, Delegation, Proof, Ucan};
+use proto::{Cid, Ipld};
+
+const ADVANCE: &[u8] = include_bytes!("../tests/fixtures/golden/advance.car");
+
+fn verify_chain(d: &Delegation) -> bool {
+    d.ucan().verify_self_signed()
+        && d.proofs().iter().all(|p| match p {
+            Proof::Delegation(p) => verify_chain(p),
+            _ => false,
+        })
+}
+
+fn decode_verify(body: &[u8]) -> usize {
+    let msg = AgentMessage::decode(body, &CarLimits::default()).expect("decodes");
+    let invocations = msg.invocations().expect("invocations");
+    assert!(invocations.iter().all(verify_chain));
+    invocations.len()
+}
+
+fn chain3() -> Vec<u8> {
+    let space = Ed25519Signer::from_seed(&[1; 32]);
+    let service = Ed25519Signer::from_seed(&[2; 32]);
+    let a = Ed25519Signer::from_seed(&[3; 32]);
+    let b = Ed25519Signer::from_seed(&[4; 32]);
+    let c = Ed25519Signer::from_seed(&[5; 32]);
+    let link = |from: &Ed25519Signer, to: &Ed25519Signer, can: &str, prf: Option<&Delegation>| {
+        Delegation::issue(
+            Ucan::builder(from, to.did())
+                .capability(Capability::new(can, space.did()))
+                .expiration(2_000_000_000),
+            prf.map(std::slice::from_ref).unwrap_or(&[]),
+            &[],
+        )
+        .expect("issues")
+    };
+    let d1 = link(&space, &a, "clock/*", None);
+    let d2 = link(&a, &b, "clock/*", Some(&d1));
+    let d3 = link(&b, &c, "clock/head", Some(&d2));
+    let inv = link(&c, &service, "clock/head", Some(&d3));
+    message::encode_request(&[inv]).expect("encodes")
+}
+
+fn benches(c: &mut Criterion) {
+    c.bench_function("advance_request/decode_verify", |bench| {
+        bench.iter(|| decode_verify(black_box(ADVANCE)))
+    });
+
+    let chain = chain3();
+    c.bench_function("chain3/decode_verify", |bench| {
+        bench.iter(|| decode_verify(black_box(&chain)))
+    });
+
+    let service = Ed25519Signer::from_seed(&[2; 32]);
+    let msg = AgentMessage::decode(ADVANCE, &CarLimits::default()).expect("decodes");
+    let inv = msg.invocations().expect("invocations").remove(0);
+    let event: Cid = *inv.ucan().attached_links().first().expect("event link");
+    c.bench_function("receipt/encode_sign", |bench| {
+        bench.iter(|| {
+            let mut ok = BTreeMap::new();
+            ok.insert("head".to_string(), Ipld::List(vec![Ipld::Link(event)]));
+            let r = Receipt::issue(&service, black_box(&inv), Ok(Ipld::Map(ok)), ReceiptOptions::default())
+                .expect("signs");
+            message::encode_response(&[r]).expect("encodes")
+        })
+    });
+}
+
+criterion_group!(proto_benches, benches);
+criterion_main!(proto_benches);

@@ -449,6 +449,17 @@ impl Ucan {
     }
 }
 
+/// The archive bytes inside a CIDv1 with codec CAR and an identity multihash.
+fn identity_car_payload(bytes: &[u8]) -> Option<&[u8]> {
+    use unsigned_varint::decode::u64 as read;
+    let (version, rest) = read(bytes).ok()?;
+    let (codec, rest) = read(rest).ok()?;
+    let (hash, rest) = read(rest).ok()?;
+    let (len, rest) = read(rest).ok()?;
+    (version == 1 && codec == ipld::CAR && hash == ipld::IDENTITY && rest.len() as u64 == len)
+        .then_some(rest)
+}
+
 fn collect_links(v: &Ipld, push: &mut impl FnMut(&Cid)) {
     match v {
         Ipld::Link(cid) => push(cid),
@@ -764,6 +775,36 @@ impl Delegation {
         Ok(car::encode_car(&[*variant.cid()], blocks.iter()))
     }
 
+    /// The text form `@storacha/client/proof` parses and `storacha delegation create --base64`
+    /// prints: multibase base64 of a CIDv1 with codec CAR and an identity multihash over the
+    /// archive bytes.
+    pub fn to_proof_text(&self) -> Result<String, UcanError> {
+        let archive = self.archive()?;
+        let mut bytes = Vec::with_capacity(archive.len() + 8);
+        let mut buf = unsigned_varint::encode::u64_buffer();
+        for n in [1, ipld::CAR, ipld::IDENTITY, archive.len() as u64] {
+            bytes.extend_from_slice(unsigned_varint::encode::u64(n, &mut buf));
+        }
+        bytes.extend_from_slice(&archive);
+        Ok(multibase::encode(multibase::Base::Base64, bytes))
+    }
+
+    /// Parses the text form of a delegation: the identity-CID form of [`Self::to_proof_text`], or
+    /// the legacy form, base64 of a plain archive CAR.
+    pub fn parse_proof_text(text: &str) -> Result<Self, UcanError> {
+        let text = text.trim();
+        let not_text = |why: &str| UcanError::NotAnArchive(format!("invalid delegation text: {why}"));
+        if let Ok((_, bytes)) = multibase::decode(text)
+            && let Some(archive) = identity_car_payload(&bytes)
+        {
+            return Self::extract(archive);
+        }
+        let legacy = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| not_text("neither an identity CID of a CAR nor base64 of a CAR"))?;
+        Self::extract(&legacy)
+    }
+
     /// Reads a delegation archive (what `storacha delegation create --output` writes).
     pub fn extract(bytes: &[u8]) -> Result<Self, UcanError> {
         let (roots, blocks) = car::decode_car(bytes, &CarLimits::default())?;
@@ -903,5 +944,11 @@ mod tests {
         let back = Delegation::extract(&archive).unwrap();
         assert_eq!(back.cid(), d2.cid());
         assert_eq!(back.archive().unwrap(), archive);
+        let text = d2.to_proof_text().unwrap();
+        assert!(text.starts_with('m'));
+        assert_eq!(Delegation::parse_proof_text(&text).unwrap().cid(), d2.cid());
+        let legacy = base64::engine::general_purpose::STANDARD.encode(&archive);
+        assert_eq!(Delegation::parse_proof_text(&legacy).unwrap().cid(), d2.cid());
+        assert!(Delegation::parse_proof_text("not a delegation").is_err());
     }
 }
