@@ -6,6 +6,8 @@
 //!   decode and verify every link's signature.
 //! - `receipt/encode_sign`: sign a `clock/advance` receipt and encode the response CAR.
 
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 

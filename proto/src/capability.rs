@@ -81,7 +81,7 @@ fn did_key_with(cap: &Capability) -> Result<String, MalformedCapability> {
     }
 }
 
-fn nb<'a>(cap: &'a Capability) -> Result<&'a BTreeMap<String, Ipld>, MalformedCapability> {
+fn nb(cap: &Capability) -> Result<&BTreeMap<String, Ipld>, MalformedCapability> {
     cap.nb
         .as_ref()
         .ok_or_else(|| malformed(&cap.can, "nb is missing"))

@@ -100,7 +100,7 @@ pub enum MessageError {
         cid: Cid,
         /// What is wrong.
         #[source]
-        source: UcanError,
+        source: Box<UcanError>,
     },
     /// A receipt named by `report` is missing or malformed.
     #[error("receipt for {invocation}: {source}")]
@@ -109,7 +109,7 @@ pub enum MessageError {
         invocation: String,
         /// What is wrong.
         #[source]
-        source: ReceiptError,
+        source: Box<ReceiptError>,
     },
     /// A block could not be encoded.
     #[error(transparent)]
@@ -178,7 +178,10 @@ impl AgentMessage {
             .iter()
             .map(|cid| {
                 Delegation::from_store(cid, self.store.clone())
-                    .map_err(|source| MessageError::Invocation { cid: *cid, source })
+                    .map_err(|source| MessageError::Invocation {
+                        cid: *cid,
+                        source: Box::new(source),
+                    })
             })
             .collect()
     }
@@ -190,7 +193,7 @@ impl AgentMessage {
         Some(
             Receipt::from_store(cid, self.store.clone()).map_err(|source| MessageError::Receipt {
                 invocation: key,
-                source,
+                source: Box::new(source),
             }),
         )
     }

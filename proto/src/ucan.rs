@@ -56,7 +56,7 @@ pub enum UcanError {
         cid: Cid,
         /// What went wrong.
         #[source]
-        source: PrincipalError,
+        source: Box<PrincipalError>,
     },
     /// A block the delegation needs is not among the blocks we were given.
     #[error("block {0} is missing")]
@@ -273,7 +273,10 @@ impl Ucan {
         if !is_version(&model.v) {
             return Err(malformed(format!("invalid version 'v: {:?}'", model.v)));
         }
-        let principal = |source| UcanError::Principal { cid, source };
+        let principal = |source| UcanError::Principal {
+            cid,
+            source: Box::new(source),
+        };
         let issuer = principal::did_from_bytes(&model.iss).map_err(principal)?;
         let audience = principal::did_from_bytes(&model.aud).map_err(principal)?;
         let signature = Signature::decode(&model.s).map_err(principal)?;
