@@ -136,7 +136,15 @@ pub struct AgentMessage {
 impl AgentMessage {
     /// Decodes a message CAR (request or response) within `limits`.
     pub fn decode(body: &[u8], limits: &CarLimits) -> Result<Self, MessageError> {
-        let (roots, blocks) = car::decode_car(body, limits)?;
+        Self::from_car(car::decode_car(body, limits)?)
+    }
+
+    /// Decodes a message CAR held in `body` without copying its blocks.
+    pub fn decode_bytes(body: bytes::Bytes, limits: &CarLimits) -> Result<Self, MessageError> {
+        Self::from_car(car::decode_car_bytes(body, limits)?)
+    }
+
+    fn from_car((roots, blocks): (Vec<Cid>, Vec<Block>)) -> Result<Self, MessageError> {
         let root_cid = *roots.first().ok_or(MessageError::NoRoot)?;
         let store: HashMap<Cid, Block> = blocks.into_iter().map(|b| (*b.cid(), b)).collect();
         let root = store

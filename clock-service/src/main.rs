@@ -1,0 +1,123 @@
+//! `clock-service`: tracing, configuration, build, serve, drain. Everything else is in the
+//! library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use clock_service::config::{Command, LogFormat, ProvisionAction};
+use clock_service::server::{self, App};
+use clock_service::store::{AnyStore, ClockStore};
+use clock_service::{Config, Error};
+
+/// Exit code for a configuration error (sysexits `EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ (Error::Config(_) | Error::Key { .. })) => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), Error> {
+    match config.command.clone().unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Did => {
+            let (signer, created) = server::load_signer(&config)?;
+            announce_key(&signer, created.as_deref());
+            println!("{}", signer.did());
+            Ok(())
+        }
+        Command::Provision { action } => {
+            let store = AnyStore::open(&config.store).await?;
+            match action {
+                ProvisionAction::Add { spaces } => {
+                    for s in spaces {
+                        store.set_provisioned(&s, true).await?;
+                        println!("added {s}");
+                    }
+                }
+                ProvisionAction::Remove { spaces } => {
+                    for s in spaces {
+                        store.set_provisioned(&s, false).await?;
+                        println!("removed {s}");
+                    }
+                }
+                ProvisionAction::List => {
+                    for s in store.provisioned().await? {
+                        println!("{s}");
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn announce_key(signer: &proto::principal::Ed25519Signer, created: Option<&std::path::Path>) {
+    if let Some(path) = created {
+        eprintln!(
+            "Generated the service key (kept in {}, owner-only). Its DID is {}.\n\
+             To run replicas or move to Redis, set CLOCK_PRIVATE_KEY to:\n{}",
+            path.display(),
+            signer.did(),
+            signer.format()
+        );
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Error> {
+    let (signer, created) = server::load_signer(&config)?;
+    announce_key(&signer, created.as_deref());
+    if config.provisioning == clock_service::config::ProvisioningMode::Off {
+        tracing::warn!("provisioning check is off: any DID can use this clock service");
+    }
+    let app = App::build(&config, signer).await?;
+    let listener = server::bind(config.listen, "listen on").await?;
+    let admin = server::bind(config.admin_listen, "listen (admin) on").await?;
+    tracing::info!(
+        did = app.did(),
+        store = app.store().kind(),
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        "clock service ready"
+    );
+    app.serve(listener, admin, server::shutdown_signal()).await
+}
