@@ -110,7 +110,8 @@ pub struct Config {
     #[arg(long, env = "CLOCK_DID")]
     pub did: Option<String>,
 
-    /// Where heads and event blocks live: `redb:<path>` (embedded) or `redis://host:port/db`.
+    /// Where heads and event blocks live: `redb:<path>` (embedded) or `redis://host:port/db`
+    /// (optionally `#<key prefix>`).
     #[arg(long, env = "CLOCK_STORE", default_value = DEFAULT_STORE)]
     pub store: String,
 

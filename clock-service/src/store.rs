@@ -136,10 +136,14 @@ impl std::fmt::Debug for AnyStore {
 }
 
 impl AnyStore {
-    /// Opens the store named by `location`: `redis://…` / `rediss://…`, or `redb:<path>`.
+    /// Opens the store named by `location`: `redis://…` / `rediss://…` (optionally ending in
+    /// `#<key prefix>`, to share one Redis between deployments or test runs), or `redb:<path>`.
     pub async fn open(location: &str) -> Result<Self, StoreError> {
         if location.starts_with("redis://") || location.starts_with("rediss://") {
-            Ok(Self::Redis(RedisStore::connect(location).await?))
+            Ok(Self::Redis(match location.split_once('#') {
+                Some((url, prefix)) => RedisStore::connect_with_prefix(url, prefix).await?,
+                None => RedisStore::connect(location).await?,
+            }))
         } else if let Some(path) = location.strip_prefix("redb:") {
             Ok(Self::Redb(RedbStore::open(path).await?))
         } else {

@@ -77,7 +77,7 @@ pub fn negotiate(content_type: Option<&str>, accept: Option<&str>) -> Result<(),
 }
 
 /// Why a message body could not be decoded (ucanto answers 400 `Bad request: Malformed payload
-/// - <message>`), or a message could not be built.
+/// - …` with this error's text), or a message could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessageError {
