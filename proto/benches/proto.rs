@@ -4,6 +4,8 @@
 //!   sends it: CAR decode with hash checks, agent message, invocation UCAN, signature check.
 //! - `chain3/decode_verify`: a request whose invocation rests on a 3-link delegation chain:
 //!   decode and verify every link's signature.
+//! - `chain3/decode_validate`: the same request through the full ucanto validator (signatures,
+//!   time bounds, alignment, capability derivation), as the clock service runs it.
 //! - `receipt/encode_sign`: sign a `clock/advance` receipt and encode the response CAR.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
@@ -17,6 +19,7 @@ use proto::message::{self, AgentMessage};
 use proto::principal::Ed25519Signer;
 use proto::receipt::{Receipt, ReceiptOptions};
 use proto::ucan::{Capability, Delegation, Proof, Ucan};
+use proto::validator::{Validator, parsers};
 use proto::{Cid, Ipld};
 
 const ADVANCE: &[u8] = include_bytes!("../tests/fixtures/golden/advance.car");
@@ -67,6 +70,18 @@ fn benches(c: &mut Criterion) {
     let chain = chain3();
     c.bench_function("chain3/decode_verify", |bench| {
         bench.iter(|| decode_verify(black_box(&chain)))
+    });
+
+    let service = Ed25519Signer::from_seed(&[2; 32]);
+    let validator = Validator::new(service.verifier());
+    c.bench_function("chain3/decode_validate", |bench| {
+        bench.iter(|| {
+            let msg = AgentMessage::decode(black_box(&chain), &CarLimits::default()).expect("decodes");
+            let inv = msg.invocations().expect("invocations").remove(0);
+            validator
+                .check(&inv, service.did(), 1_800_000_000, |_| Some(parsers::clock_head()))
+                .expect("authorized")
+        })
     });
 
     let service = Ed25519Signer::from_seed(&[2; 32]);

@@ -2,6 +2,7 @@
 // done by the real JS implementation (@ucanto/core, @ucanto/transport, @ucanto/principal).
 //   advance_request/decode_verify  decode the golden clock/advance request CAR, verify the UCAN
 //   chain3/decode_verify           decode a request resting on a 3-link chain, verify every link
+//   chain3/decode_validate         the same through @ucanto/validator access() (clock/head)
 //   receipt/encode_sign            issue + sign a receipt, encode the response CAR
 // Usage: node bench-proto.mjs [seconds-per-benchmark=3]
 import { readFileSync } from 'node:fs'
@@ -10,6 +11,8 @@ import { Verifier } from '@ucanto/principal'
 import { Message, Receipt, delegate, invoke } from '@ucanto/core'
 import * as CAR from '@ucanto/transport/car'
 import * as UCAN from '@ipld/dag-ucan'
+import { access } from '@ucanto/validator'
+import * as ClockCaps from '@web3-storage/clock/capabilities'
 
 const seconds = Number(process.argv[2] ?? 3)
 const headers = { 'content-type': 'application/vnd.ipld.car' }
@@ -52,6 +55,11 @@ const event = ran.capabilities[0].nb.event
 
 await bench('advance_request/decode_verify', () => decodeVerify(advance))
 await bench('chain3/decode_verify', () => decodeVerify(chain))
+await bench('chain3/decode_validate', async () => {
+  const msg = await CAR.request.decode({ headers, body: chain })
+  const result = await access(msg.invocations[0], { capability: ClockCaps.head, authority: service.verifier ?? Verifier.parse(service.did()), principal: Verifier, validateAuthorization: () => ({ ok: {} }) })
+  if (result.error) throw result.error
+})
 await bench('receipt/encode_sign', async () => {
   const receipt = await Receipt.issue({ issuer: service, ran, result: { ok: { head: [event] } } })
   CAR.response.encode(await Message.build({ receipts: [receipt] }))

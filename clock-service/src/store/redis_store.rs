@@ -216,7 +216,11 @@ impl ClockStore for RedisStore {
             .map_err(|source| redis_error("put_blocks", clock, source))
     }
 
-    async fn get_blocks(&self, clock: &str, cids: &[Cid]) -> Result<Vec<Option<Block>>, StoreError> {
+    async fn get_blocks(
+        &self,
+        clock: &str,
+        cids: &[Cid],
+    ) -> Result<Vec<Option<Block>>, StoreError> {
         if cids.is_empty() {
             return Ok(Vec::new());
         }
@@ -229,7 +233,11 @@ impl ClockStore for RedisStore {
             return Err(StoreError::Corrupt {
                 what: "block list",
                 clock: clock.to_owned(),
-                reason: format!("MGET of {} keys answered {} values", cids.len(), stored.len()),
+                reason: format!(
+                    "MGET of {} keys answered {} values",
+                    cids.len(),
+                    stored.len()
+                ),
             });
         }
         cids.iter()
@@ -391,10 +399,18 @@ pub(super) mod conformance {
         let clock = did("empty");
         assert_eq!(store.head(&clock).await.unwrap(), Vec::<Cid>::new());
         let a = *event(1).cid();
-        assert!(!store.compare_and_set_head(&clock, &[a], &[a]).await.unwrap());
+        assert!(
+            !store
+                .compare_and_set_head(&clock, &[a], &[a])
+                .await
+                .unwrap()
+        );
         assert!(store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
         assert_eq!(store.head(&clock).await.unwrap(), vec![a]);
-        assert_eq!(store.head(&did("empty-other")).await.unwrap(), Vec::<Cid>::new());
+        assert_eq!(
+            store.head(&did("empty-other")).await.unwrap(),
+            Vec::<Cid>::new()
+        );
     }
 
     /// CAS with the current head replaces it, order kept; an explicitly stored empty head
@@ -403,12 +419,27 @@ pub(super) mod conformance {
         let clock = did("cas-ok");
         let [a, b, c] = [10, 11, 12].map(|n| *event(n).cid());
         assert!(store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
-        assert!(store.compare_and_set_head(&clock, &[a], &[c, b]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[a], &[c, b])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.head(&clock).await.unwrap(), vec![c, b]);
         // Same value again is still a successful swap.
-        assert!(store.compare_and_set_head(&clock, &[c, b], &[c, b]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[c, b], &[c, b])
+                .await
+                .unwrap()
+        );
         // Down to an explicitly empty head, and from it again.
-        assert!(store.compare_and_set_head(&clock, &[c, b], &[]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[c, b], &[])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.head(&clock).await.unwrap(), Vec::<Cid>::new());
         assert!(store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
         assert_eq!(store.head(&clock).await.unwrap(), vec![a]);
@@ -418,17 +449,30 @@ pub(super) mod conformance {
     pub(crate) async fn cas_conflict(store: &impl ClockStore) {
         let clock = did("cas-conflict");
         let [a, b, c] = [20, 21, 22].map(|n| *event(n).cid());
-        assert!(store.compare_and_set_head(&clock, &[], &[a, b]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[], &[a, b])
+                .await
+                .unwrap()
+        );
         for stale in [&[][..], &[a][..], &[b, a][..], &[a, b, c][..], &[c][..]] {
             assert!(
-                !store.compare_and_set_head(&clock, stale, &[c]).await.unwrap(),
+                !store
+                    .compare_and_set_head(&clock, stale, &[c])
+                    .await
+                    .unwrap(),
                 "expected {stale:?} must not match [a, b]"
             );
             assert_eq!(store.head(&clock).await.unwrap(), vec![a, b]);
         }
         // Another clock is untouched by all of this.
         let other = did("cas-conflict-other");
-        assert!(!store.compare_and_set_head(&other, &[a, b], &[c]).await.unwrap());
+        assert!(
+            !store
+                .compare_and_set_head(&other, &[a, b], &[c])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.head(&other).await.unwrap(), Vec::<Cid>::new());
     }
 
@@ -438,15 +482,27 @@ pub(super) mod conformance {
         let [b1, b2, missing] = [30, 31, 32].map(event);
         assert_eq!(store.get_blocks(&clock, &[]).await.unwrap(), Vec::new());
         store.put_blocks(&clock, &[]).await.unwrap();
-        store.put_blocks(&clock, &[b1.clone(), b2.clone()]).await.unwrap();
-        store.put_blocks(&clock, &[b2.clone()]).await.unwrap();
+        store
+            .put_blocks(&clock, &[b1.clone(), b2.clone()])
+            .await
+            .unwrap();
+        store
+            .put_blocks(&clock, std::slice::from_ref(&b2))
+            .await
+            .unwrap();
         let got = store
             .get_blocks(&clock, &[*b2.cid(), *missing.cid(), *b1.cid(), *b2.cid()])
             .await
             .unwrap();
-        assert_eq!(got, vec![Some(b2.clone()), None, Some(b1.clone()), Some(b2)]);
+        assert_eq!(
+            got,
+            vec![Some(b2.clone()), None, Some(b1.clone()), Some(b2)]
+        );
         // Blocks belong to their clock.
-        let got = store.get_blocks(&did("blocks-other"), &[*b1.cid()]).await.unwrap();
+        let got = store
+            .get_blocks(&did("blocks-other"), &[*b1.cid()])
+            .await
+            .unwrap();
         assert_eq!(got, vec![None]);
     }
 
@@ -454,10 +510,17 @@ pub(super) mod conformance {
     pub(crate) async fn corrupt_block_detected(store: &impl Backdoor) {
         let clock = did("corrupt-block");
         let [good, bad] = [40, 41].map(event);
-        store.put_blocks(&clock, &[good.clone(), bad.clone()]).await.unwrap();
+        store
+            .put_blocks(&clock, &[good.clone(), bad.clone()])
+            .await
+            .unwrap();
         store.write_raw_block(&clock, bad.cid(), b"garbage").await;
         match store.get_blocks(&clock, &[*good.cid(), *bad.cid()]).await {
-            Err(StoreError::Corrupt { what: "block", clock: c, reason }) => {
+            Err(StoreError::Corrupt {
+                what: "block",
+                clock: c,
+                reason,
+            }) => {
                 assert_eq!(c, clock);
                 assert!(reason.contains(&bad.cid().to_string()), "{reason}");
             }
@@ -466,7 +529,10 @@ pub(super) mod conformance {
         // The good block alone still reads, and re-putting the bad one repairs it.
         let got = store.get_blocks(&clock, &[*good.cid()]).await.unwrap();
         assert_eq!(got, vec![Some(good)]);
-        store.put_blocks(&clock, &[bad.clone()]).await.unwrap();
+        store
+            .put_blocks(&clock, std::slice::from_ref(&bad))
+            .await
+            .unwrap();
         let got = store.get_blocks(&clock, &[*bad.cid()]).await.unwrap();
         assert_eq!(got, vec![Some(bad)]);
     }
@@ -489,11 +555,21 @@ pub(super) mod conformance {
         let clock = did("encoding");
         assert_eq!(store.read_raw_head(&clock).await, None);
         let [a, b] = [60, 61].map(|n| *event(n).cid());
-        assert!(store.compare_and_set_head(&clock, &[], &[b, a]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[], &[b, a])
+                .await
+                .unwrap()
+        );
         let links = Ipld::List(vec![Ipld::Link(b), Ipld::Link(a)]);
         let expected = proto::ipld::encode_dag_cbor(&links).unwrap();
         assert_eq!(store.read_raw_head(&clock).await, Some(expected));
-        assert!(store.compare_and_set_head(&clock, &[b, a], &[]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[b, a], &[])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.read_raw_head(&clock).await, Some(vec![0x80]));
         // A head written by another implementation as explicit links reads back.
         let written = proto::ipld::encode_dag_cbor(&Ipld::List(vec![Ipld::Link(a)])).unwrap();
@@ -530,13 +606,92 @@ pub(super) mod conformance {
         store.ping().await.unwrap();
     }
 
-    /// What [`concurrent_advances`] observed.
+    /// Events per writer in [`concurrent_advances`] tests. Every conflict re-merges one event
+    /// against a head of concurrent events, walking the history (quadratic in the number of
+    /// events, and slow in a debug build), so this is smaller than the 50 appends per writer of
+    /// [`concurrent_appends`], which checks the compare-and-set alone at full scale.
+    pub(crate) const ADVANCES: usize = 15;
+
+    /// Conflicts one write may meet before the stress tests give up: far above what 16 writers
+    /// cause, low enough that a compare-and-set which never succeeds fails the test quickly.
+    const MAX_CONFLICTS_PER_WRITE: usize = 1000;
+
+    /// What [`concurrent_appends`] or [`concurrent_advances`] observed.
     #[derive(Debug)]
     pub(crate) struct Contention {
-        /// Events advanced.
-        pub(crate) events: usize,
+        /// Entries appended or events advanced.
+        pub(crate) writes: usize,
         /// Compare-and-sets that lost a race and were retried.
         pub(crate) conflicts: usize,
+    }
+
+    impl Contention {
+        /// Fails unless `writes` went through and some of them collided (a run without a
+        /// single conflict would not have tested the compare-and-set).
+        pub(crate) fn assert_contended(&self, writes: usize) {
+            assert_eq!(self.writes, writes);
+            assert!(
+                self.conflicts > 0,
+                "no compare-and-set ever conflicted: {self:?}"
+            );
+        }
+    }
+
+    /// `tasks` writers each append `per_task` distinct CIDs to one head treated as a set:
+    /// read, append, compare-and-set, re-read and retry on conflict, through `stores`
+    /// round-robin. A lost update would drop an entry; the final head must hold every CID once.
+    pub(crate) async fn concurrent_appends<S: ClockStore + Clone>(
+        stores: &[S],
+        clock: &str,
+        tasks: usize,
+        per_task: usize,
+    ) -> Contention {
+        let mut handles = Vec::new();
+        for task in 0..tasks {
+            let store = stores[task % stores.len()].clone();
+            let clock = clock.to_owned();
+            handles.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let mut conflicts = 0;
+                for seq in 0..per_task {
+                    let cid = *event((task * per_task + seq) as i128).cid();
+                    loop {
+                        let head = store.head(&clock).await.unwrap();
+                        let mut next = head.clone();
+                        next.push(cid);
+                        if store
+                            .compare_and_set_head(&clock, &head, &next)
+                            .await
+                            .unwrap()
+                        {
+                            break;
+                        }
+                        conflicts += 1;
+                        assert!(
+                            conflicts < MAX_CONFLICTS_PER_WRITE * per_task,
+                            "CAS never wins"
+                        );
+                        tokio::task::yield_now().await;
+                    }
+                    mine.push(cid);
+                }
+                (mine, conflicts)
+            }));
+        }
+        let mut all = HashSet::new();
+        let mut conflicts = 0;
+        for (mine, c) in join_all(handles).await {
+            all.extend(mine);
+            conflicts += c;
+        }
+        let head = stores[0].head(clock).await.unwrap();
+        let head_set: HashSet<Cid> = head.iter().copied().collect();
+        assert_eq!(head.len(), tasks * per_task, "entries lost or duplicated");
+        assert_eq!(head_set, all);
+        Contention {
+            writes: head.len(),
+            conflicts,
+        }
     }
 
     /// `tasks` writers, each advancing one clock with `per_task` real clock events, through
@@ -566,17 +721,30 @@ pub(super) mod conformance {
                     let mut data = BTreeMap::new();
                     data.insert("task".to_owned(), Ipld::Integer(task as i128));
                     data.insert("seq".to_owned(), Ipld::Integer(seq as i128));
-                    let block = Event::new(Ipld::Map(data), head.clone()).to_block().unwrap();
+                    let block = Event::new(Ipld::Map(data), head.clone())
+                        .to_block()
+                        .unwrap();
                     let cid = *block.cid();
-                    store.put_blocks(&clock, &[block.clone()]).await.unwrap();
+                    store
+                        .put_blocks(&clock, std::slice::from_ref(&block))
+                        .await
+                        .unwrap();
                     cache.insert(cid, block.clone());
                     loop {
                         let next = merge(&store, &clock, &mut cache, &head, &cid).await;
                         assert_ne!(next, head, "a new event always changes the head");
-                        if store.compare_and_set_head(&clock, &head, &next).await.unwrap() {
+                        if store
+                            .compare_and_set_head(&clock, &head, &next)
+                            .await
+                            .unwrap()
+                        {
                             break;
                         }
                         conflicts += 1;
+                        assert!(
+                            conflicts < MAX_CONFLICTS_PER_WRITE * per_task,
+                            "CAS never wins"
+                        );
                         tokio::task::yield_now().await;
                         head = store.head(&clock).await.unwrap();
                     }
@@ -587,8 +755,7 @@ pub(super) mod conformance {
         }
         let mut events: Vec<Block> = Vec::new();
         let mut conflicts = 0;
-        for handle in handles {
-            let (made, c) = handle.await.expect("writer task");
+        for (made, c) in join_all(handles).await {
             events.extend(made);
             conflicts += c;
         }
@@ -600,10 +767,18 @@ pub(super) mod conformance {
             .map(|b| (*b.cid(), Event::from_block(b).unwrap().parents))
             .collect();
         let named: HashSet<Cid> = parents.values().flatten().copied().collect();
-        let maximal: HashSet<Cid> = parents.keys().filter(|c| !named.contains(c)).copied().collect();
+        let maximal: HashSet<Cid> = parents
+            .keys()
+            .filter(|c| !named.contains(c))
+            .copied()
+            .collect();
         let head = store.head(clock).await.unwrap();
         let head_set: HashSet<Cid> = head.iter().copied().collect();
-        assert_eq!(head_set.len(), head.len(), "head holds duplicates: {head:?}");
+        assert_eq!(
+            head_set.len(),
+            head.len(),
+            "head holds duplicates: {head:?}"
+        );
         assert_eq!(head_set, maximal, "head is not the set of latest events");
 
         let mut reached: HashSet<Cid> = HashSet::new();
@@ -613,17 +788,45 @@ pub(super) mod conformance {
                 queue.extend(parents[&cid].iter().copied());
             }
         }
-        assert_eq!(reached.len(), events.len(), "events unreachable from the head");
+        assert_eq!(
+            reached.len(),
+            events.len(),
+            "events unreachable from the head"
+        );
 
         let cids: Vec<Cid> = events.iter().map(|b| *b.cid()).collect();
         let stored = store.get_blocks(clock, &cids).await.unwrap();
         for (block, got) in events.iter().zip(stored) {
-            assert_eq!(got.as_ref(), Some(block), "block {} not stored", block.cid());
+            assert_eq!(
+                got.as_ref(),
+                Some(block),
+                "block {} not stored",
+                block.cid()
+            );
         }
         Contention {
-            events: events.len(),
+            writes: events.len(),
             conflicts,
         }
+    }
+
+    /// Waits for every writer before reporting the first one that panicked, so no writer is
+    /// still running when the caller's cleanup deletes the test's keys.
+    async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+        let mut results = Vec::new();
+        for handle in handles {
+            results.push(handle.await);
+        }
+        results
+            .into_iter()
+            .map(|r| match r {
+                Ok(value) => value,
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(e) => panic!("writer task: {e}"),
+                },
+            })
+            .collect()
     }
 
     /// `proto::clock::advance` over `cache`, fetching each missing block from the store.
@@ -657,7 +860,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{SystemTime, UNIX_EPOCH};
 
-    use super::conformance::{self, Backdoor, did, event};
+    use super::conformance::{self, ADVANCES, Backdoor, did, event};
     use super::*;
 
     /// The Redis `scripts/test` starts (tests fail, not skip, when it is down).
@@ -813,13 +1016,26 @@ mod tests {
 
     /// Two stores (two connection managers) stand in for two service replicas.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_lose_nothing() {
+        let (a, _cleanup) = store().await;
+        let b = RedisStore::connect_with_prefix(REDIS_URL, a.prefix())
+            .await
+            .unwrap();
+        let seen = conformance::concurrent_appends(&[a, b], &did("append"), 16, 50).await;
+        eprintln!("redis appends: {seen:?}");
+        seen.assert_contended(16 * 50);
+    }
+
+    /// Two stores (two connection managers) stand in for two service replicas.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_advances_lose_nothing() {
-        let (a, cleanup) = store().await;
-        let b = RedisStore::connect_with_prefix(REDIS_URL, a.prefix()).await.unwrap();
-        let seen = conformance::concurrent_advances(&[a, b], &did("busy"), 16, 50).await;
-        eprintln!("redis: {seen:?}");
-        assert_eq!(seen.events, 800);
-        drop(cleanup);
+        let (a, _cleanup) = store().await;
+        let b = RedisStore::connect_with_prefix(REDIS_URL, a.prefix())
+            .await
+            .unwrap();
+        let seen = conformance::concurrent_advances(&[a, b], &did("busy"), 16, ADVANCES).await;
+        eprintln!("redis advances: {seen:?}");
+        seen.assert_contended(16 * ADVANCES);
     }
 
     #[tokio::test]
@@ -827,8 +1043,16 @@ mod tests {
         let (store, cleanup) = store().await;
         let clock = did("layout");
         let block = event(1);
-        store.put_blocks(&clock, &[block.clone()]).await.unwrap();
-        assert!(store.compare_and_set_head(&clock, &[], &[*block.cid()]).await.unwrap());
+        store
+            .put_blocks(&clock, std::slice::from_ref(&block))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[], &[*block.cid()])
+                .await
+                .unwrap()
+        );
         store.set_provisioned(&clock, true).await.unwrap();
         let p = store.prefix().to_owned();
         let mut keys = cleanup.keys().unwrap();
@@ -861,10 +1085,21 @@ mod tests {
         let (store, _cleanup) = store().await;
         let a = event(1);
         let evil = format!("{}}}:block:{}", did("x"), a.cid());
-        store.put_blocks(&did("x"), &[a.clone()]).await.unwrap();
-        assert_eq!(store.get_blocks(&evil, &[*a.cid()]).await.unwrap(), vec![None]);
+        store
+            .put_blocks(&did("x"), std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_blocks(&evil, &[*a.cid()]).await.unwrap(),
+            vec![None]
+        );
         assert_eq!(store.head(&evil).await.unwrap(), Vec::<Cid>::new());
-        assert!(store.compare_and_set_head(&evil, &[], &[*a.cid()]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&evil, &[], &[*a.cid()])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.head(&did("x")).await.unwrap(), Vec::<Cid>::new());
     }
 
@@ -876,8 +1111,18 @@ mod tests {
         let [a, b] = [1, 2].map(|n| *event(n).cid());
         assert!(store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
         raw::<()>(&store, redis::cmd("SCRIPT").arg("FLUSH")).await;
-        assert!(store.compare_and_set_head(&clock, &[a], &[b]).await.unwrap());
-        assert!(!store.compare_and_set_head(&clock, &[a], &[b]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[a], &[b])
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .compare_and_set_head(&clock, &[a], &[b])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.head(&clock).await.unwrap(), vec![b]);
     }
 
