@@ -163,6 +163,11 @@ pub struct Config {
     #[arg(long, env = "CLOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Log filter, in tracing's `EnvFilter` syntax (e.g. `info`, `clock_service=debug`); an
+    /// invalid filter falls back to `info`.
+    #[arg(long, env = "CLOCK_LOG", default_value = "info")]
+    pub log: String,
+
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<Command>,

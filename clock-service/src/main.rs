@@ -12,10 +12,15 @@ use clock_service::{Config, Error};
 /// Exit code for a configuration error (sysexits `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOCK_LOG")
+fn init_tracing(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: escape codes in a log file or a pod's log stream garble it.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -35,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    init_tracing(config.log_format);
+    init_tracing(&config.log, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -112,12 +117,19 @@ async fn serve(config: Config) -> Result<(), Error> {
     let app = App::build(&config, signer).await?;
     let listener = server::bind(config.listen, "listen on").await?;
     let admin = server::bind(config.admin_listen, "listen (admin) on").await?;
+    // Signal handlers first: from the "ready" line on, SIGTERM drains.
+    let shutdown = server::shutdown_signal();
+    // The bound addresses, not the configured ones: with port 0 (tests, sidecars) the kernel
+    // picks the port and this line is the only place it is told.
+    let bound = |l: &tokio::net::TcpListener, configured: std::net::SocketAddr| {
+        l.local_addr().unwrap_or(configured)
+    };
     tracing::info!(
         did = app.did(),
         store = app.store().kind(),
-        listen = %config.listen,
-        admin = %config.admin_listen,
+        listen = %bound(&listener, config.listen),
+        admin = %bound(&admin, config.admin_listen),
         "clock service ready"
     );
-    app.serve(listener, admin, server::shutdown_signal()).await
+    app.serve(listener, admin, shutdown).await
 }

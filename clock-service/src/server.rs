@@ -286,7 +286,8 @@ impl App {
     }
 
     /// Serves ucanto on `listener` and admin on `admin` until `shutdown` resolves, then stops
-    /// accepting, reports not-ready, and waits up to the grace period for in-flight requests.
+    /// accepting ucanto connections, reports not-ready (the admin endpoint keeps answering), and
+    /// waits up to the grace period for in-flight requests.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -324,9 +325,37 @@ impl App {
         self.draining.store(true, Ordering::Relaxed);
         drop(listener);
         tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
-        match tokio::time::timeout(self.grace, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("drained"),
-            Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+        // The admin endpoint keeps answering while the ucanto connections drain, so probes see
+        // `/readyz` 503 (and `/metrics` stays scrapeable) until the process exits; without this
+        // the draining state could never be observed by a new probe connection.
+        let drained = tokio::time::timeout(self.grace, graceful.shutdown());
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                result = &mut drained => {
+                    match result {
+                        Ok(()) => tracing::info!("drained"),
+                        Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+                    }
+                    break;
+                }
+                accepted = admin.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let conn = builder
+                            .serve_connection(
+                                TokioIo::new(stream),
+                                TowerToHyperService::new(admin_service.clone()),
+                            )
+                            .into_owned();
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "admin connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "admin accept failed"),
+                },
+            }
         }
         Ok(())
     }
@@ -341,22 +370,29 @@ pub async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpL
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing readiness, so a signal that arrives right
+/// after the "ready" line still drains instead of killing the process (the default action).
+/// Must be called inside the tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn recv(installed: std::io::Result<Signal>, name: &'static str) {
+        match installed {
             Ok(mut s) => {
                 s.recv().await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                tracing::warn!(error = %e, "cannot listen for {name}");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    tokio::select! {
-        () = term => {},
-        r = tokio::signal::ctrl_c() => { if let Err(e) = r { tracing::warn!(error = %e, "cannot listen for SIGINT"); } }
+    }
+    let term = recv(signal(SignalKind::terminate()), "SIGTERM");
+    let int = recv(signal(SignalKind::interrupt()), "SIGINT");
+    async move {
+        tokio::select! {
+            () = term => {},
+            () = int => {},
+        }
     }
 }
