@@ -27,7 +27,13 @@
 //! - [`capability`]: typed capabilities: `clock/*` and the Storacha ones the worker invokes.
 //! - [`clock`]: Merkle clock events and pail's `advance` over an abstract block getter.
 //! - [`pail`]: pail ≥ 0.6 shards: encode, decode, `get`, `put`, `entries`.
+//! - [`unixfs`]: UnixFS file encoding with Storacha's settings (raw leaves, 1 MiB chunks,
+//!   balanced width 1024), CID-identical to `@ipld/unixfs` as the Storacha client configures it.
+//! - [`backup`]: the Backup DAG kept in the Space (Root → Account → Backups pail → Backup) and the
+//!   union of concurrent roots.
+//! - [`repo`]: ATProto repositories: signed commits (k256/p256) and MST walks.
 
+pub mod backup;
 pub mod capability;
 pub mod car;
 pub mod clock;
@@ -36,7 +42,9 @@ pub mod message;
 pub mod pail;
 pub mod principal;
 pub mod receipt;
+pub mod repo;
 pub mod ucan;
+pub mod unixfs;
 pub mod validator;
 
 pub use cid::Cid;
