@@ -17,6 +17,11 @@
 //!   owns whole clocks and sends their events in order, so every advance really extends its
 //!   clock. The run ends at `--duration` or when the events run out.
 //!
+//! With `--delegated L`, each clock's invocations are not signed by the clock's key but by an
+//! agent at the end of an L-link delegation chain (clock → agent 1 → … → agent L, `clock/*`,
+//! keys derived from `--seed`), the proofs sent with every invocation as real clients do; the
+//! server verifies L + 1 signatures per request unless it remembers the proofs'.
+//!
 //! Modes: closed loop with `--concurrency` requests in flight (each on its own connection;
 //! latency = send to answer), or open loop at `--rate` requests per second: a pacer thread
 //! releases request slots on a fixed schedule, `--connections` workers send them, and latency is
@@ -52,7 +57,7 @@ use proto::car::CarLimits;
 use proto::clock::Event;
 use proto::message::{self, AgentMessage, CONTENT_TYPE};
 use proto::principal::{Ed25519Signer, Verifier};
-use proto::ucan::{Delegation, Ucan};
+use proto::ucan::{Capability, Delegation, Ucan};
 use proto::{Block, Ipld};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,6 +104,9 @@ struct Args {
     /// Seed of the clock keys (same seed → same clocks and events).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Invoke through a delegation chain of this many links per clock (0: the clock's own key).
+    #[arg(long, default_value_t = 0)]
+    delegated: usize,
     /// Runtime worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -133,12 +141,17 @@ struct Req {
     invocation: Cid,
 }
 
-/// The key of clock `i` under `seed`: a hash of both, as an Ed25519 seed.
-fn clock_key(seed: u64, i: usize) -> Ed25519Signer {
-    let cid = proto::ipld::cid_sha256(proto::ipld::RAW, format!("loadgen:{seed}:{i}").as_bytes());
+/// An Ed25519 key derived from `name` (a hash of it as the seed).
+fn derived_key(name: &str) -> Ed25519Signer {
+    let cid = proto::ipld::cid_sha256(proto::ipld::RAW, name.as_bytes());
     let mut s = [0u8; 32];
     s.copy_from_slice(&cid.hash().digest()[..32]);
     Ed25519Signer::from_seed(&s)
+}
+
+/// The key of clock `i` under `seed`.
+fn clock_key(seed: u64, i: usize) -> Ed25519Signer {
+    derived_key(&format!("loadgen:{seed}:{i}"))
 }
 
 fn expiry() -> i64 {
@@ -158,27 +171,49 @@ fn encode(inv: &Delegation) -> Req {
     }
 }
 
-fn head_request(clock: &Ed25519Signer, service: &str, exp: i64) -> Req {
+/// Who invokes on clock `i`'s behalf and the proof it shows: the clock itself (no proof), or
+/// with `--delegated L` the last agent of the chain clock → agent 1 → … → agent L (`clock/*`).
+struct Invoker {
+    clock: String,
+    issuer: Ed25519Signer,
+    proof: Option<Delegation>,
+}
+
+fn invoker(args: &Args, i: usize, exp: i64) -> Invoker {
+    let clock = clock_key(args.seed, i);
+    let mut issuer = clock.clone();
+    let mut proof: Option<Delegation> = None;
+    for link in 1..=args.delegated {
+        let agent = derived_key(&format!("loadgen:{}:{i}:agent{link}", args.seed));
+        let b = Ucan::builder(&issuer, agent.did())
+            .capability(Capability::new("clock/*", clock.did()))
+            .expiration(exp);
+        let d = Delegation::issue(b, proof.as_slice(), &[]).expect("sign delegation");
+        proof = Some(d);
+        issuer = agent;
+    }
+    Invoker {
+        clock: clock.did().to_owned(),
+        issuer,
+        proof,
+    }
+}
+
+fn head_request(who: &Invoker, service: &str, exp: i64) -> Req {
     let cap = ClockHead {
-        with: clock.did().to_owned(),
+        with: who.clock.clone(),
     }
     .to_capability();
-    let b = Ucan::builder(clock, service)
+    let b = Ucan::builder(&who.issuer, service)
         .capability(cap)
         .expiration(exp)
         .nonce("loadgen");
-    encode(&Delegation::issue(b, &[], &[]).expect("sign head"))
+    encode(&Delegation::issue(b, who.proof.as_slice(), &[]).expect("sign head"))
 }
 
-fn advance_request(
-    clock: &Ed25519Signer,
-    service: &str,
-    exp: i64,
-    event: &Block,
-    attach: &[Block],
-) -> Req {
+fn advance_request(who: &Invoker, service: &str, exp: i64, event: &Block, attach: &[Block]) -> Req {
     let cap = ClockAdvance {
-        with: clock.did().to_owned(),
+        with: who.clock.clone(),
         event: *event.cid(),
     }
     .to_capability();
@@ -186,17 +221,17 @@ fn advance_request(
         .iter()
         .map(|b| (b.cid().to_string(), Ipld::Link(*b.cid())))
         .collect();
-    let b = Ucan::builder(clock, service)
+    let b = Ucan::builder(&who.issuer, service)
         .capability(cap)
         .expiration(exp)
         .nonce("loadgen")
         .fact(fact);
-    encode(&Delegation::issue(b, &[], attach).expect("sign advance"))
+    encode(&Delegation::issue(b, who.proof.as_slice(), attach).expect("sign advance"))
 }
 
 /// The events of clock `i`'s chain, as requests in order.
 fn chain_requests(args: &Args, i: usize, exp: i64) -> Vec<Req> {
-    let clock = clock_key(args.seed, i);
+    let who = invoker(args, i, exp);
     let mut prev: Option<Block> = None;
     let mut out = Vec::with_capacity(args.chain);
     for j in 0..args.chain {
@@ -210,7 +245,7 @@ fn chain_requests(args: &Args, i: usize, exp: i64) -> Vec<Req> {
             .expect("encode event");
         let attach: Vec<Block> = std::iter::once(event.clone()).chain(prev.clone()).collect();
         out.push(advance_request(
-            &clock,
+            &who,
             &args.service_did,
             exp,
             &event,
@@ -530,7 +565,7 @@ fn main() {
     let (pool, queues, cycle): (Vec<Req>, Vec<Vec<Req>>, bool) = match args.op {
         Op::Head => {
             let reqs = build_parallel(args.clocks, |i| {
-                head_request(&clock_key(args.seed, i), &args.service_did, exp)
+                head_request(&invoker(&args, i, exp), &args.service_did, exp)
             });
             (reqs, Vec::new(), true)
         }
@@ -606,6 +641,11 @@ fn main() {
             }
         }
     });
+    let mode = if args.delegated > 0 {
+        format!("{mode} delegated={}", args.delegated)
+    } else {
+        mode
+    };
     let n = stats.ok + stats.errors;
     let secs = elapsed.as_secs_f64().max(1e-9);
     let ms = |q: f64| stats.hist.value_at_quantile(q) as f64 / 1000.0;

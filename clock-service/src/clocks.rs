@@ -28,7 +28,8 @@
 //! Advances of one clock within a process take turns ([`Clocks::advance`]); across replicas the
 //! compare-and-set decides. A block the store does not hold is a missing ancestor: a named
 //! error, never a hang, and nothing is written. Event blocks are stored only once the merge has
-//! succeeded, and always before the head that names them.
+//! succeeded, by the compare-and-set that installs the head naming them (one atomic store step,
+//! one round trip).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,6 +106,14 @@ impl AdvanceError {
 /// through blocks that came along (like w3clock's `filterEventBlocks`). Blocks that are not
 /// events are ignored.
 pub fn event_blocks(event: &Cid, attached: &HashMap<Cid, Block>) -> Vec<Block> {
+    attached_events(event, attached)
+        .into_iter()
+        .map(|(block, _)| block)
+        .collect()
+}
+
+/// [`event_blocks`], each with its parents as decoded (so the merge need not decode it again).
+fn attached_events(event: &Cid, attached: &HashMap<Cid, Block>) -> Vec<(Block, Vec<Cid>)> {
     let mut out = Vec::new();
     let mut queue = vec![*event];
     let mut seen = std::collections::HashSet::new();
@@ -118,10 +127,17 @@ pub fn event_blocks(event: &Cid, attached: &HashMap<Cid, Block>) -> Vec<Block> {
         let Ok(ev) = Event::from_block(block) else {
             continue;
         };
-        out.push(block.clone());
-        queue.extend(ev.parents);
+        queue.extend(ev.parents.iter().copied());
+        out.push((block.clone(), ev.parents));
     }
     out
+}
+
+/// What one advance has at hand besides the cache and the store: blocks (attached, or read by
+/// pail's merge), and the parents of the attached events, decoded once.
+struct Local<'a> {
+    blocks: &'a HashMap<Cid, Block>,
+    parents: &'a HashMap<Cid, Box<[Cid]>>,
 }
 
 /// How many bytes [`EventCache`] may use (an estimate of its entries' size).
@@ -142,7 +158,7 @@ pub struct Node {
 
 /// Parents and heights of events this process has read from the store or stored itself, per
 /// clock. Only events whose blocks are known to be in the store go in (read back from it, or
-/// written by an advance whose `put_blocks` succeeded), with a height computed from a full,
+/// written by an advance whose compare-and-set succeeded), with a height computed from a full,
 /// valid ancestry: so an event found here is one pail would find with all its history. Events
 /// are immutable (named by their hash): an entry never goes stale. Keys are (clock, CID), as in
 /// the store, so one clock never sees another clock's events.
@@ -468,7 +484,13 @@ impl<S: ClockStore + Clone> Clocks<S> {
         event: &Cid,
         attached: &HashMap<Cid, Block>,
     ) -> Result<Vec<Cid>, AdvanceError> {
-        let keep = event_blocks(event, attached);
+        let events = attached_events(event, attached);
+        let mut keep = Vec::with_capacity(events.len());
+        let mut parents = HashMap::with_capacity(events.len());
+        for (block, ps) in events {
+            parents.insert(*block.cid(), ps.into_boxed_slice());
+            keep.push(block);
+        }
         // Advances of one clock in this process take turns (see `ClockLocks`): merging against a
         // head another local advance is about to replace would only lose the compare-and-set.
         let _turn = self.locks.turn(clock).await;
@@ -479,10 +501,13 @@ impl<S: ClockStore + Clone> Clocks<S> {
         // Blocks read from the store by each kind of merge (each is held to `max_reads`).
         let mut fast_reads = 0usize;
         let mut reads = 0usize;
-        let mut stored = false;
         for attempt in 1..=MAX_CAS_ATTEMPTS {
             let head = self.head(clock).await?;
-            let next = match self.fast_merge(clock, &head, event, &blocks, &mut found, &mut fast_reads).await? {
+            let local = Local {
+                blocks: &blocks,
+                parents: &parents,
+            };
+            let next = match self.fast_merge(clock, &head, event, &local, &mut found, &mut fast_reads).await? {
                 Some(next) => next,
                 None => {
                     let (next, returned) =
@@ -494,11 +519,11 @@ impl<S: ClockStore + Clone> Clocks<S> {
             if next == head {
                 return Ok(next);
             }
-            if !stored {
-                let t = Instant::now();
-                self.store.put_blocks(clock, &keep).await?;
-                self.metrics.store_op(StoreOp::put_blocks, t);
-                stored = true;
+            // The event blocks go with the head, in one atomic step: written only if it wins.
+            let t = Instant::now();
+            let swapped = self.store.compare_and_set_head(clock, &head, &next, &keep).await?;
+            self.metrics.store_op(StoreOp::compare_and_set, t);
+            if swapped {
                 // Now in the store: the events that came along may be cached too.
                 self.cache.insert(
                     clock,
@@ -507,11 +532,6 @@ impl<S: ClockStore + Clone> Clocks<S> {
                         Some((*b.cid(), node.clone()))
                     }),
                 );
-            }
-            let t = Instant::now();
-            let swapped = self.store.compare_and_set_head(clock, &head, &next).await?;
-            self.metrics.store_op(StoreOp::compare_and_set, t);
-            if swapped {
                 return Ok(next);
             }
             self.metrics.advance_conflicts.inc();
@@ -532,7 +552,7 @@ impl<S: ClockStore + Clone> Clocks<S> {
         clock: &str,
         head: &[Cid],
         event: &Cid,
-        blocks: &HashMap<Cid, Block>,
+        local: &Local<'_>,
         found: &mut Found,
         reads: &mut usize,
     ) -> Result<Option<Vec<Cid>>, StoreError> {
@@ -547,7 +567,7 @@ impl<S: ClockStore + Clone> Clocks<S> {
                 Ok(next) => return Ok(Some(next)),
                 Err(cid) => cid,
             };
-            if !self.resolve(clock, wanted, blocks, found, reads).await? {
+            if !self.resolve(clock, wanted, local, found, reads).await? {
                 return Ok(None);
             }
         }
@@ -562,7 +582,7 @@ impl<S: ClockStore + Clone> Clocks<S> {
         &self,
         clock: &str,
         cid: Cid,
-        blocks: &HashMap<Cid, Block>,
+        local: &Local<'_>,
         found: &mut Found,
         reads: &mut usize,
     ) -> Result<bool, StoreError> {
@@ -583,7 +603,7 @@ impl<S: ClockStore + Clone> Clocks<S> {
         let mut steps = 0usize;
         while let Some(&top) = stack.last() {
             steps += 1;
-            if steps > 4 * (self.max_reads + blocks.len()) + 64 {
+            if steps > 4 * (self.max_reads + local.blocks.len()) + 64 {
                 return Ok(false);
             }
             if known(found, &top).is_some() {
@@ -592,7 +612,7 @@ impl<S: ClockStore + Clone> Clocks<S> {
             }
             if !pending.contains_key(&top) {
                 // Decode `top` (attached or stored) before anything else.
-                if !self.decode_into(clock, &[top], blocks, &mut pending, reads).await? {
+                if !self.decode_into(clock, &[top], local, &mut pending, reads).await? {
                     return Ok(false);
                 }
             }
@@ -622,7 +642,7 @@ impl<S: ClockStore + Clone> Clocks<S> {
             let undecoded: Vec<Cid> =
                 unknown.iter().filter(|p| !pending.contains_key(p)).copied().collect();
             if !undecoded.is_empty()
-                && !self.decode_into(clock, &undecoded, blocks, &mut pending, reads).await?
+                && !self.decode_into(clock, &undecoded, local, &mut pending, reads).await?
             {
                 return Ok(false);
             }
@@ -637,13 +657,17 @@ impl<S: ClockStore + Clone> Clocks<S> {
         &self,
         clock: &str,
         cids: &[Cid],
-        blocks: &HashMap<Cid, Block>,
+        local: &Local<'_>,
         pending: &mut HashMap<Cid, (Box<[Cid]>, bool)>,
         reads: &mut usize,
     ) -> Result<bool, StoreError> {
         let mut to_read = Vec::new();
         for cid in cids {
-            match blocks.get(cid) {
+            if let Some(ps) = local.parents.get(cid) {
+                pending.insert(*cid, (ps.clone(), false));
+                continue;
+            }
+            match local.blocks.get(cid) {
                 Some(b) => match Event::from_block(b) {
                     Ok(ev) => {
                         pending.insert(*cid, (ev.parents.into(), false));

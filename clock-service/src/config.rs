@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_PROOF_DEPTH: usize = 16;
 pub const DEFAULT_MAX_ADVANCE_READS: usize = 100_000;
 /// Most requests in flight before new ones are shed with 503.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
+/// Proof signatures remembered across requests (about 4 MiB when full): clients send the same
+/// delegation chain with every invocation, and each link costs an Ed25519 verification.
+pub const DEFAULT_SIGNATURE_CACHE: usize = proto::validator::BoundedSignatureCache::DEFAULT_ENTRIES;
 /// Storacha's upload-service identities: current and legacy DID, both backed by this key. Their
 /// `ucan/attest` delegations let did:mailto account chains be accepted.
 pub const DEFAULT_AUTHORITIES: &str = "did:web:up.storacha.network=did:key:z6MkqdncRZ1wj8zxCTDUQ8CRT8NQWd63T7mZRvZUX8B7XDFi,did:web:web3.storage=did:key:z6MkqdncRZ1wj8zxCTDUQ8CRT8NQWd63T7mZRvZUX8B7XDFi";
@@ -147,6 +150,13 @@ pub struct Config {
     #[arg(long, env = "CLOCK_MAX_ADVANCE_READS", default_value_t = DEFAULT_MAX_ADVANCE_READS)]
     pub max_advance_reads: usize,
 
+    /// How many verified proof signatures (UCAN CID and signer) to remember across requests, so
+    /// a delegation chain sent with every invocation is verified once; 0 turns it off. Only
+    /// successful checks of proofs are kept; expiry, revocation and capabilities are checked on
+    /// every request.
+    #[arg(long, env = "CLOCK_SIGNATURE_CACHE", default_value_t = DEFAULT_SIGNATURE_CACHE)]
+    pub signature_cache: usize,
+
     /// Time limit for one request (e.g. `10s`).
     #[arg(long, env = "CLOCK_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -259,6 +269,7 @@ mod tests {
         assert_eq!(c.authorities.len(), 2);
         assert_eq!(c.authorities[0].did, "did:web:up.storacha.network");
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.signature_cache, DEFAULT_SIGNATURE_CACHE);
         assert_eq!(c.embedded_dir().unwrap(), PathBuf::from("./data"));
     }
 
@@ -271,9 +282,11 @@ mod tests {
                 ("CLOCK_PROVISIONING", "registry"),
                 ("CLOCK_REQUEST_TIMEOUT", "250ms"),
                 ("CLOCK_AUTHORITIES", "did:web:a.test=did:key:z6Mkabc"),
+                ("CLOCK_SIGNATURE_CACHE", "0"),
             ],
         )
         .unwrap();
+        assert_eq!(c.signature_cache, 0);
         assert_eq!(c.provisioning, ProvisioningMode::Registry);
         assert_eq!(c.request_timeout, Duration::from_millis(250));
         assert_eq!(c.authorities.len(), 1);

@@ -114,12 +114,12 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
-        let metrics = self.metrics.clone();
-        metrics.in_flight.inc();
-        let guard = InFlight(metrics.clone());
+        self.metrics.in_flight.inc();
+        let guard = InFlight(self.metrics.clone());
         Box::pin(async move {
             let response = cors(this.handle(req).await);
-            metrics
+            guard
+                .0
                 .http_responses
                 .get_or_create(&HttpLabels {
                     status: response.status().as_u16(),
@@ -157,16 +157,12 @@ impl Ucanto {
                 .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
             return r;
         }
-        let (content_type, accept) = {
-            let header_str = |name: header::HeaderName| {
-                req.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            (header_str(header::CONTENT_TYPE), header_str(header::ACCEPT))
+        let negotiated = {
+            let header_str =
+                |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+            message::negotiate(header_str(header::CONTENT_TYPE), header_str(header::ACCEPT))
         };
-        if let Err(rejection) = message::negotiate(content_type.as_deref(), accept.as_deref()) {
+        if let Err(rejection) = negotiated {
             let status =
                 StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::BAD_REQUEST);
             let mut r = text(status, rejection.to_string());

@@ -9,6 +9,12 @@ use clock_service::server::{self, App};
 use clock_service::store::{AnyStore, ClockStore};
 use clock_service::{Config, Error};
 
+/// mimalloc rather than glibc's malloc: every request allocates and frees on whichever runtime
+/// thread runs it, and glibc's arena locks showed up as futex waits in profiles (see
+/// BENCHMARKS.md, clock-service).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration error (sysexits `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
 

@@ -72,10 +72,8 @@ pub struct HttpLabels {
 pub enum StoreOp {
     /// Read a head.
     head,
-    /// Compare-and-set a head.
+    /// Compare-and-set a head (writing the advance's event blocks with it).
     compare_and_set,
-    /// Write blocks.
-    put_blocks,
     /// Read blocks.
     get_blocks,
     /// Registry lookup.

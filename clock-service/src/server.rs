@@ -19,7 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use proto::car::CarLimits;
 use proto::principal::{Ed25519Signer, Verifier};
-use proto::validator::Validator;
+use proto::validator::{BoundedSignatureCache, Validator};
 use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
@@ -174,6 +174,11 @@ impl App {
         let metrics = Metrics::register(&mut registry);
 
         let mut validator = Validator::new(signer.verifier()).with_max_depth(config.max_proof_depth);
+        if config.signature_cache > 0 {
+            validator = validator.with_signature_cache(Arc::new(BoundedSignatureCache::new(
+                config.signature_cache,
+            )));
+        }
         for authority in &config.authorities {
             let key = Verifier::parse(&authority.key).map_err(|e| {
                 Error::Config(format!("authority {}: {e}", authority.did))

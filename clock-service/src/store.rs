@@ -3,15 +3,17 @@
 //!
 //! - [`RedisStore`] (production): all keys of a clock share one hash tag (`clock:{<did>}:…`) so
 //!   Redis Cluster keeps them in one slot; the head is replaced by a Lua script (through
-//!   `redis::Script`) that compares it with the head the caller read — a compare-and-set, so
-//!   concurrent advances from many connections and many replicas never lose an event.
+//!   `redis::Script`) that compares it with the head the caller read and writes the event blocks
+//!   with it — a compare-and-set, so concurrent advances from many connections and many
+//!   replicas never lose an event.
 //! - [`RedbStore`] (embedded default): one redb file; the compare-and-set is a write
 //!   transaction (redb has a single writer).
 //!
-//! Blocks are always written before a head that names them ([`ClockStore::put_blocks`] then
-//! [`ClockStore::compare_and_set_head`]), so a head never names a block the store lacks. Blocks
-//! read back are hash-checked again, so a corrupted store shows up as an error, not as a wrong
-//! clock.
+//! An advance is one round trip: [`ClockStore::compare_and_set_head`] writes the event blocks
+//! and the new head in one atomic step, and writes nothing when the head has moved. So a head
+//! never names a block the store lacks (its blocks come with it, or were written by an earlier
+//! step), and a lost race leaves nothing behind. Blocks read back are hash-checked again, so a
+//! corrupted store shows up as an error, not as a wrong clock.
 
 use std::future::Future;
 
@@ -77,16 +79,20 @@ pub trait ClockStore: Send + Sync + 'static {
     /// The clock's head as last written (empty for a clock never advanced).
     fn head(&self, clock: &str) -> impl Future<Output = Result<Vec<Cid>, StoreError>> + Send;
 
-    /// Replaces the head with `new` only if it still equals `expected` (same CIDs, same order).
-    /// `Ok(false)` means another writer got there first: re-read and merge again.
+    /// Replaces the head with `new` only if it still equals `expected` (same CIDs, same order),
+    /// storing `blocks` (the event blocks `new` may name that the store may lack; idempotent,
+    /// already hash-checked) in the same atomic step. `Ok(false)` means another writer got there
+    /// first and nothing was written: re-read and merge again.
     fn compare_and_set_head(
         &self,
         clock: &str,
         expected: &[Cid],
         new: &[Cid],
+        blocks: &[Block],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Stores event blocks of `clock` (idempotent; blocks are already hash-checked).
+    /// Stores event blocks of `clock` without touching the head (idempotent; blocks are already
+    /// hash-checked). Advances do not need it: [`Self::compare_and_set_head`] stores theirs.
     fn put_blocks(
         &self,
         clock: &str,
@@ -181,8 +187,9 @@ impl ClockStore for AnyStore {
         clock: &str,
         expected: &[Cid],
         new: &[Cid],
+        blocks: &[Block],
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.compare_and_set_head(clock, expected, new).await)
+        dispatch!(self, s => s.compare_and_set_head(clock, expected, new, blocks).await)
     }
     async fn put_blocks(&self, clock: &str, blocks: &[Block]) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_blocks(clock, blocks).await)

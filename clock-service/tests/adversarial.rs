@@ -10,7 +10,8 @@
 //!   flipped signature byte (re-linked), wrong audience, a chain not rooted at the clock,
 //!   capability escalation through a delegation (`clock/head` proof used for `clock/advance`),
 //!   a missing event block (on a clock with history and on a new one → `EventNotFound`), a
-//!   missing ancestor (→ `MissingAncestor`).
+//!   missing ancestor (→ `MissingAncestor`), a proof the service has verified before resent with
+//!   a flipped signature byte (refused; the genuine one still accepted).
 //! - [`limits_redb`] / [`limits_redis`]: body limits (declared too large → 413; an endless
 //!   chunked body → 413 without the service waiting for its end), the service healthy after;
 //!   garbage CAR → 400; wrong content type → 415 with ucanto's text and `accept`; unacceptable
@@ -321,6 +322,49 @@ async fn receipts(backend: Backend) {
         "after a missing ancestor"
     );
 
+    // A proof the service has verified (and remembers: CLOCK_SIGNATURE_CACHE is on by default),
+    // then a copy of it with one signature byte flipped: a new CID, refused as if never seen;
+    // the genuine proof keeps working.
+    let other = principal(0x25);
+    let to_bob = delegate(
+        &other,
+        &bob,
+        vec![Capability::new("clock/advance", other.did())],
+        &[],
+    );
+    let by_bob = |ev: &Block, proof: &proto::ucan::Delegation| {
+        issue(
+            &bob,
+            SERVICE_DID,
+            vec![advance_cap(other.did(), ev.cid())],
+            Times::valid(),
+            std::slice::from_ref(proof),
+            std::slice::from_ref(ev),
+        )
+    };
+    let first = event(10, &[]);
+    let accepted_head = accepted(&client, &by_bob(&first, &to_bob)).await;
+    assert_eq!(accepted_head, vec![*first.cid()]);
+    let forged = common::with_flipped_signature(&to_bob);
+    assert_ne!(forged.cid(), to_bob.cid());
+    let forged_ev = event(11, &[*first.cid()]);
+    let (name, message) = refusal(&client, &by_bob(&forged_ev, &forged)).await;
+    assert_eq!(name, "Unauthorized");
+    assert!(
+        message.contains(&format!(
+            "Proof {} does not has a valid signature from {}",
+            forged.cid(),
+            other.did()
+        )),
+        "{message}"
+    );
+    let next = event(12, &[*first.cid()]);
+    assert_eq!(
+        accepted(&client, &by_bob(&next, &to_bob)).await,
+        vec![*next.cid()],
+        "the genuine proof, after the forgery"
+    );
+
     // Nothing of the above reached the store (checked through the store itself).
     if backend == Backend::Redb {
         server.stop();
@@ -334,6 +378,8 @@ async fn receipts(backend: Backend) {
     assert_present(&opened, &clock, &[*e0.cid()]).await; // the check can see blocks at all
     assert_absent(&opened, &clock, &refused, "a refused advance").await;
     assert_absent(&opened, fresh.did(), &[*ev.cid()], "a refused advance").await;
+    assert_absent(&opened, other.did(), &[*forged_ev.cid()], "a forged proof").await;
+    assert_present(&opened, other.did(), &[*first.cid(), *next.cid()]).await;
 }
 
 #[tokio::test]

@@ -90,14 +90,30 @@
 //!
 //! Our additions, beyond ucanto: a proof-depth limit and a validation budget (ucanto has
 //! neither, and explores proofs exhaustively); exceeding them reports the proof as unavailable
-//! with the reason as its cause. Signature checks are cached per (UCAN, verifier) within one `access` call.
+//! with the reason as its cause.
+//!
+//! # Signature caching
+//!
+//! Signature checks are remembered per (UCAN, verifier) within one `access` call, successes and
+//! failures alike. A [`SignatureCache`] ([`Validator::with_signature_cache`], e.g. a
+//! [`BoundedSignatureCache`]) also remembers successful checks of *proofs* across calls, because
+//! clients send the same delegation chain with every invocation. This is sound because a UCAN's
+//! CID is the SHA-256 (or identity) hash of its DAG-CBOR block, and that block holds the
+//! signature and every signed field: blocks are hash-checked when built ([`crate::Block`]), so
+//! two UCANs with one CID are byte-identical, decode identically and verify identically. An
+//! entry is keyed by [`SignatureKey`], a digest of the CID, the DID the verifier speaks for and
+//! the key's `did:key`, so a UCAN verified under one key is never taken as signed by another.
+//! Only signature verification is skipped: time bounds, proof alignment, attestations,
+//! capability derivation and revocation are judged on every call. Failed verifications are
+//! never shared, and neither is the invocation's own signature (depth 0): a real invocation is
+//! new with every request, so recording it would only push proofs out of the cache.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cid::Cid;
 
@@ -2243,6 +2259,152 @@ impl<F: Fn(&Cid, &[String]) -> bool> RevocationCheck for F {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Signature caching across calls.
+// ---------------------------------------------------------------------------------------------
+
+/// What a signature check is remembered by: a SHA-256 digest of the UCAN's CID, the DID the
+/// verifier speaks for and the `did:key` of its key (each field length-prefixed), so entries for
+/// different UCANs, different DIDs or different keys never meet.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SignatureKey([u8; 32]);
+
+impl fmt::Debug for SignatureKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SignatureKey(")?;
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+impl SignatureKey {
+    /// The key of `ucan`'s signature as checked by `verifier`.
+    pub fn new(ucan: &Cid, verifier: &Verifier) -> Self {
+        Self::of(ucan, verifier.did(), verifier.key_did())
+    }
+
+    /// From the verifier's DID and its key's `did:key` (which names the key).
+    fn of(ucan: &Cid, did: &str, key_did: &str) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"proto/validator/signature/v1\0");
+        let mh = ucan.hash();
+        for n in [ucan.version().into(), ucan.codec(), mh.code()] {
+            h.update(u64::to_le_bytes(n));
+        }
+        for part in [mh.digest(), did.as_bytes(), key_did.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        Self(h.finalize().into())
+    }
+
+    /// The digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// Successful signature checks remembered across [`Validator::access`] calls (see the module
+/// documentation, "Signature caching", for why this is sound and what is not cached).
+/// Implementations must be bounded: every proof a client sends with a valid signature is
+/// offered to [`Self::insert`].
+pub trait SignatureCache: Send + Sync {
+    /// True when `key` was recorded by [`Self::insert`] (and is still held).
+    fn contains(&self, key: &SignatureKey) -> bool;
+
+    /// Records that the signature `key` names was verified and is valid.
+    fn insert(&self, key: SignatureKey);
+}
+
+/// A [`SignatureCache`] of at most `max_entries` keys in two generations (like hashlru): keys
+/// go to the young set; when it holds half the entries it becomes the old set and the previous
+/// old set is dropped; a key found in the old set moves back to the young one. So a chain in
+/// steady use stays, and one not seen for `max_entries / 2` insertions goes. Thread-safe (one
+/// mutex; each operation is a couple of set lookups on 32-byte keys).
+#[derive(Debug)]
+pub struct BoundedSignatureCache {
+    sets: Mutex<Generations>,
+    half: usize,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    young: HashSet<SignatureKey>,
+    old: HashSet<SignatureKey>,
+}
+
+impl Generations {
+    fn insert(&mut self, key: SignatureKey, half: usize) {
+        if self.young.contains(&key) {
+            return;
+        }
+        if self.young.len() >= half {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.old.remove(&key);
+        self.young.insert(key);
+    }
+}
+
+impl BoundedSignatureCache {
+    /// A good size for a service: 65 536 keys, about 4 MiB when full.
+    pub const DEFAULT_ENTRIES: usize = 65_536;
+
+    /// A cache holding at most `max_entries` keys (rounded down to even; below 2 it holds none).
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            sets: Mutex::default(),
+            half: max_entries / 2,
+        }
+    }
+
+    /// How many keys are held now.
+    pub fn len(&self) -> usize {
+        let g = self.lock();
+        g.young.len() + g.old.len()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        // Every operation leaves both sets consistent, so a lock poisoned by a panic elsewhere
+        // is still usable.
+        self.sets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for BoundedSignatureCache {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_ENTRIES)
+    }
+}
+
+impl SignatureCache for BoundedSignatureCache {
+    fn contains(&self, key: &SignatureKey) -> bool {
+        let mut g = self.lock();
+        if g.young.contains(key) {
+            return true;
+        }
+        if g.old.remove(key) {
+            g.insert(*key, self.half);
+            return true;
+        }
+        false
+    }
+
+    fn insert(&self, key: SignatureKey) {
+        if self.half > 0 {
+            self.lock().insert(key, self.half);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Service-level checks.
 // ---------------------------------------------------------------------------------------------
 
@@ -2283,6 +2445,7 @@ pub struct Validator {
     max_depth: usize,
     max_validations: usize,
     revocations: Arc<dyn RevocationCheck + Send + Sync>,
+    signatures: Option<Arc<dyn SignatureCache>>,
 }
 
 impl fmt::Debug for Validator {
@@ -2293,6 +2456,7 @@ impl fmt::Debug for Validator {
             .field("local_proofs", &self.local_proofs.len())
             .field("max_depth", &self.max_depth)
             .field("max_validations", &self.max_validations)
+            .field("signature_cache", &self.signatures.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -2308,6 +2472,7 @@ impl Validator {
             max_depth: DEFAULT_MAX_DEPTH,
             max_validations: DEFAULT_MAX_VALIDATIONS,
             revocations: Arc::new(NoRevocations),
+            signatures: None,
         }
     }
 
@@ -2332,6 +2497,13 @@ impl Validator {
         revocations: impl RevocationCheck + Send + Sync + 'static,
     ) -> Self {
         self.revocations = Arc::new(revocations);
+        self
+    }
+
+    /// Remembers successful signature checks of proofs in `cache` across calls (see the module
+    /// documentation, "Signature caching"). Clones of the validator share it.
+    pub fn with_signature_cache(mut self, cache: Arc<dyn SignatureCache>) -> Self {
+        self.signatures = Some(cache);
         self
     }
 
@@ -2376,7 +2548,7 @@ impl Validator {
         invocation: &Delegation,
         capability: &CapabilityParser,
         now: i64,
-        cache: &RefCell<HashMap<(Cid, String), bool>>,
+        cache: &RefCell<HashMap<SignatureKey, bool>>,
     ) -> Result<Authorization, Unauthorized> {
         let engine = Engine {
             authority,
@@ -2386,6 +2558,7 @@ impl Validator {
             local_proofs: &self.local_proofs,
             nodes: RefCell::new(Vec::new()),
             sig_cache: cache,
+            shared_sigs: self.signatures.as_deref(),
             budget: Cell::new(self.max_validations),
         };
         let root = engine.add_node(invocation.clone(), 0);
@@ -2493,7 +2666,10 @@ struct Engine<'a> {
     revocations: &'a (dyn RevocationCheck + Send + Sync),
     local_proofs: &'a [Delegation],
     nodes: RefCell<Vec<Node>>,
-    sig_cache: &'a RefCell<HashMap<(Cid, String), bool>>,
+    /// This call's signature checks, failures too.
+    sig_cache: &'a RefCell<HashMap<SignatureKey, bool>>,
+    /// Successful signature checks of proofs, across calls.
+    shared_sigs: Option<&'a dyn SignatureCache>,
     budget: Cell<usize>,
 }
 
@@ -2990,17 +3166,18 @@ impl Engine<'_> {
     ) -> Result<(), InvalidProof> {
         let issuer = d.ucan().issuer();
         if issuer.starts_with("did:key:") {
-            return match d.ucan().issuer_key() {
-                Ok(verifier) => self.verify_signature(d, &verifier),
-                Err(_) => Err(InvalidProof::InvalidSignature(InvalidSignature {
-                    delegation: *d.cid(),
-                    issuer: issuer.to_string(),
-                    key: issuer.to_string(),
-                })),
-            };
+            // The issuer's own key, which its did:key names: the verifier is only built (its
+            // curve point decompressed) when the signature is not known yet.
+            return self.verify_signature(node, d, issuer, issuer, || d.ucan().issuer_key().ok());
         }
         if issuer == self.authority.did() {
-            return self.verify_signature(d, self.authority);
+            return self.verify_signature(
+                node,
+                d,
+                self.authority.did(),
+                self.authority.key_did(),
+                || Some(self.authority),
+            );
         }
         match self.verify_session(node, d, siblings) {
             Ok(_) => Ok(()),
@@ -3017,14 +3194,33 @@ impl Engine<'_> {
         }
     }
 
-    fn verify_signature(&self, d: &Delegation, verifier: &Verifier) -> Result<(), InvalidProof> {
-        let key = (
-            *d.cid(),
-            format!("{}\n{}", verifier.did(), verifier.key_did()),
-        );
+    /// Is `d` signed by the key `key_did` names, speaking for `did`? `verifier` builds that
+    /// verifier (`None`: the key is unusable, so the signature is invalid). Answered from this
+    /// call's checks, then (for proofs) from the shared cache, else verified.
+    fn verify_signature<V: std::borrow::Borrow<Verifier>>(
+        &self,
+        node: NodeId,
+        d: &Delegation,
+        did: &str,
+        key_did: &str,
+        verifier: impl FnOnce() -> Option<V>,
+    ) -> Result<(), InvalidProof> {
+        let key = SignatureKey::of(d.cid(), did, key_did);
         let cached = self.sig_cache.borrow().get(&key).copied();
         let valid = cached.unwrap_or_else(|| {
-            let ok = d.ucan().issuer() == verifier.did() && d.ucan().verify_signature(verifier);
+            // The invocation itself (depth 0) is new with every request: never shared.
+            let shared = self
+                .shared_sigs
+                .filter(|_| self.nodes.borrow()[node].depth > 0);
+            let ok = shared.is_some_and(|c| c.contains(&key))
+                || verifier().is_some_and(|v| {
+                    let v = v.borrow();
+                    let ok = d.ucan().issuer() == v.did() && d.ucan().verify_signature(v);
+                    if ok && let Some(c) = shared {
+                        c.insert(key);
+                    }
+                    ok
+                });
             self.sig_cache.borrow_mut().insert(key, ok);
             ok
         });
@@ -3034,7 +3230,7 @@ impl Engine<'_> {
             Err(InvalidProof::InvalidSignature(InvalidSignature {
                 delegation: *d.cid(),
                 issuer: d.ucan().issuer().to_string(),
-                key: verifier.key_did().to_string(),
+                key: key_did.to_string(),
             }))
         }
     }

@@ -5,15 +5,17 @@
 //! same fields, so the same UCAN bytes and CIDs); their expected messages are what JS printed.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use proto::Cid;
 use proto::Ipld;
 use proto::principal::{Ed25519Signer, Verifier};
 use proto::ucan::{Capability, Delegation, Ucan};
 use proto::validator::{
-    CapabilityParser, Derives, Descriptor, Failure, InvalidProof, Schema, ValidationError,
-    Validator, check_audience, parsers, single_capability,
+    BoundedSignatureCache, CapabilityParser, Derives, Descriptor, Failure, InvalidProof, Schema,
+    SignatureCache, SignatureKey, ValidationError, Validator, check_audience, parsers,
+    single_capability,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -87,8 +89,13 @@ fn delegate(
     issue(issuer, audience, caps, proofs, Some(EXP), None)
 }
 
+/// The validator most tests use. They all share one signature cache (and run on several
+/// threads), so every scenario below also checks that remembered signatures never change a
+/// verdict or a message; `validator_interop.rs` runs the JS scenarios without a cache.
 fn validator() -> Validator {
-    Validator::new(service().verifier())
+    static SHARED: LazyLock<Arc<BoundedSignatureCache>> =
+        LazyLock::new(|| Arc::new(BoundedSignatureCache::new(1024)));
+    Validator::new(service().verifier()).with_signature_cache(SHARED.clone())
 }
 
 fn access(
@@ -1052,4 +1059,274 @@ fn invalid_proof_wire_fields() {
     // Display is the Rust-style message.
     assert!(expired.to_string().starts_with("delegation "));
     let _ = Verifier::parse(c.did()).unwrap();
+}
+
+// ----- the signature cache shared across calls -----
+
+/// A [`BoundedSignatureCache`] that counts what the validator asks of it.
+#[derive(Default)]
+struct Counting {
+    inner: BoundedSignatureCache,
+    hits: AtomicUsize,
+    misses: AtomicUsize,
+    inserts: AtomicUsize,
+}
+
+impl SignatureCache for Counting {
+    fn contains(&self, key: &SignatureKey) -> bool {
+        let hit = self.inner.contains(key);
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+    fn insert(&self, key: SignatureKey) {
+        self.inserts.fetch_add(1, Ordering::Relaxed);
+        self.inner.insert(key);
+    }
+}
+
+impl Counting {
+    fn counts(&self) -> [usize; 3] {
+        [&self.hits, &self.misses, &self.inserts].map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+fn counting_validator() -> (Validator, Arc<Counting>) {
+    let cache = Arc::new(Counting::default());
+    (
+        Validator::new(service().verifier()).with_signature_cache(cache.clone()),
+        cache,
+    )
+}
+
+/// clock → alice → bob, and bob's `clock/head` invocation (a fresh one per `nonce`).
+fn two_link_chain(nonce: &str) -> (Delegation, Delegation, Delegation) {
+    let (c, a, b) = (clock(), alice(), bob());
+    let d1 = delegate(&c, a.did(), vec![cap("clock/*", c.did())], &[]);
+    let d2 = delegate(&a, b.did(), vec![cap("clock/head", c.did())], &[&d1]);
+    let inv = Ucan::builder(&b, service().did())
+        .capability(cap("clock/head", c.did()))
+        .expiration(EXP)
+        .nonce(nonce);
+    let inv = Delegation::issue(inv, std::slice::from_ref(&d2), &[]).unwrap();
+    (d1, d2, inv)
+}
+
+#[test]
+fn cached_proof_signatures_give_the_same_authorization() {
+    let (v, cache) = counting_validator();
+    let (d1, d2, first) = two_link_chain("1");
+    let cold = access(&v, &first, &parsers::clock_head()).unwrap();
+    // Both proofs were verified and recorded; the invocation was not.
+    assert_eq!(cache.counts(), [0, 2, 2]);
+    assert_eq!(cache.inner.len(), 2);
+
+    // The next invocation resends the same proofs: their signatures come from the cache.
+    let (_, _, second) = two_link_chain("2");
+    assert_ne!(first.cid(), second.cid());
+    let warm = access(&v, &second, &parsers::clock_head()).unwrap();
+    assert_eq!(cache.counts(), [2, 2, 2]);
+    assert_eq!(
+        warm.delegations(),
+        vec![*second.cid(), *d2.cid(), *d1.cid()]
+    );
+    assert_eq!(cold.delegations()[1..], warm.delegations()[1..]);
+    assert_eq!(
+        warm.capability().to_capability(),
+        cold.capability().to_capability()
+    );
+    assert_eq!(
+        warm.proofs()[0].capability().to_capability(),
+        cold.proofs()[0].capability().to_capability()
+    );
+    assert_eq!(warm.revocation_scopes()[1..], cold.revocation_scopes()[1..]);
+
+    // Replaying the same invocation verifies its own signature again (never shared).
+    let again = access(&v, &first, &parsers::clock_head()).unwrap();
+    assert_eq!(again.delegations(), cold.delegations());
+    assert_eq!(cache.counts(), [4, 2, 2]);
+    assert_eq!(cache.inner.len(), 2);
+}
+
+/// `d` with one byte of its signature flipped: same payload, a new block, so a new CID.
+fn tamper_signature(d: &Delegation) -> Delegation {
+    let Ipld::Map(mut m) = d.ucan().block().decode::<Ipld>().unwrap() else {
+        panic!("a UCAN is a map")
+    };
+    let Some(Ipld::Bytes(sig)) = m.get_mut("s") else {
+        panic!("a UCAN has a signature")
+    };
+    let last = sig.len() - 1;
+    sig[last] ^= 0x01;
+    let block = proto::Block::encode(&Ipld::Map(m)).unwrap();
+    Delegation::new(Ucan::decode(block).unwrap(), d.blocks().clone())
+}
+
+#[test]
+fn a_tampered_signature_is_never_served_from_the_cache() {
+    let (v, cache) = counting_validator();
+    let (c, b) = (clock(), bob());
+    let (_, d2, inv) = two_link_chain("1");
+    access(&v, &inv, &parsers::clock_head()).unwrap();
+    assert_eq!(cache.inner.len(), 2);
+
+    // Same issuer, audience, capabilities and proofs as the cached d2; only the signature
+    // differs, so the CID does too: the cache cannot answer for it.
+    let forged = tamper_signature(&d2);
+    assert_ne!(forged.cid(), d2.cid());
+    let inv = delegate(
+        &b,
+        service().did(),
+        vec![cap("clock/head", c.did())],
+        &[&forged],
+    );
+    let msg = unauthorized(&v, &inv, &parsers::clock_head());
+    assert!(
+        msg.contains(&format!(
+            "Proof {} does not has a valid signature from {}",
+            forged.cid(),
+            alice().did()
+        )),
+        "{msg}"
+    );
+    // The forged proof was looked up and missed, and nothing new was recorded.
+    assert_eq!(cache.counts()[2], 2);
+    assert_eq!(cache.inner.len(), 2);
+
+    // The genuine chain still authorizes from the cache, and the forgery still fails.
+    let (_, _, inv2) = two_link_chain("2");
+    assert!(access(&v, &inv2, &parsers::clock_head()).is_ok());
+    assert_eq!(
+        unauthorized(&v, &inv, &parsers::clock_head()),
+        msg,
+        "same verdict and message the second time"
+    );
+}
+
+#[test]
+fn failed_verifications_are_not_cached() {
+    let (v, cache) = counting_validator();
+    let (c, a) = (clock(), alice());
+    let forger = mallory().with_did(c.did()).unwrap();
+    let forged = delegate(&forger, a.did(), vec![cap("clock/head", c.did())], &[]);
+    let inv = delegate(
+        &a,
+        service().did(),
+        vec![cap("clock/head", c.did())],
+        &[&forged],
+    );
+    let first = unauthorized(&v, &inv, &parsers::clock_head());
+    let second = unauthorized(&v, &inv, &parsers::clock_head());
+    assert_eq!(first, second);
+    // Looked up on each call, verified on each call, never recorded.
+    assert_eq!(cache.counts(), [0, 2, 0]);
+    assert!(cache.inner.is_empty());
+    // A direct invocation (no proofs) records nothing either: only proofs are shared.
+    let direct = delegate(&c, service().did(), vec![cap("clock/head", c.did())], &[]);
+    assert!(access(&v, &direct, &parsers::clock_head()).is_ok());
+    assert!(cache.inner.is_empty());
+}
+
+#[test]
+fn time_bounds_and_revocation_are_checked_on_every_call() {
+    let (c, a) = (clock(), alice());
+    let cache = Arc::new(BoundedSignatureCache::default());
+    let d = issue(
+        &c,
+        a.did(),
+        vec![cap("clock/head", c.did())],
+        &[],
+        Some(NOW + 10),
+        None,
+    );
+    let inv = delegate(&a, service().did(), vec![cap("clock/head", c.did())], &[&d]);
+    let v = validator().with_signature_cache(cache.clone());
+    assert!(v.access(&inv, &parsers::clock_head(), NOW).is_ok());
+    assert_eq!(cache.len(), 1);
+    // Cached, but expired now.
+    let err = v
+        .access(&inv, &parsers::clock_head(), NOW + 10)
+        .unwrap_err();
+    assert!(
+        err.message().contains("has expired on"),
+        "{}",
+        err.message()
+    );
+    // Cached, but revoked.
+    let root = *d.cid();
+    let revoking = v
+        .clone()
+        .with_revocations(move |cid: &Cid, _: &[String]| *cid == root);
+    assert!(revoking.access(&inv, &parsers::clock_head(), NOW).is_err());
+    // Cached, but the capability does not derive (clock/head does not give clock/advance).
+    let adv = delegate(
+        &a,
+        service().did(),
+        vec![cap_nb(
+            "clock/advance",
+            c.did(),
+            &[("event", Ipld::Link(cid(EVENT)))],
+        )],
+        &[&d],
+    );
+    assert!(v.access(&adv, &parsers::clock_advance(), NOW).is_err());
+}
+
+#[test]
+fn signature_keys_bind_ucan_did_and_key() {
+    let (c, a) = (clock(), alice());
+    let d = delegate(&c, a.did(), vec![cap("clock/head", c.did())], &[]);
+    let other = delegate(&c, bob().did(), vec![cap("clock/head", c.did())], &[]);
+    let key = SignatureKey::new(d.cid(), &c.verifier());
+    assert_eq!(
+        key,
+        SignatureKey::new(d.cid(), &Verifier::parse(c.did()).unwrap())
+    );
+    assert_ne!(key, SignatureKey::new(other.cid(), &c.verifier()));
+    assert_ne!(key, SignatureKey::new(d.cid(), &a.verifier()));
+    // The same key speaking for another DID is another verifier.
+    assert_ne!(
+        key,
+        SignatureKey::new(d.cid(), &c.verifier().with_did("did:web:clock.example"))
+    );
+}
+
+#[test]
+fn the_bounded_cache_stays_bounded_and_keeps_what_is_used() {
+    let keys: Vec<SignatureKey> = (0..64u8)
+        .map(|n| {
+            let d = delegate(
+                &signer(n),
+                alice().did(),
+                vec![cap("clock/head", clock().did())],
+                &[],
+            );
+            SignatureKey::new(d.cid(), &signer(n).verifier())
+        })
+        .collect();
+    let cache = BoundedSignatureCache::new(8);
+    for (i, k) in keys.iter().enumerate() {
+        cache.insert(*k);
+        assert!(
+            cache.len() <= 8,
+            "{} keys after {} inserts",
+            cache.len(),
+            i + 1
+        );
+        // Keep using the first key: it is never evicted.
+        assert!(
+            cache.contains(&keys[0]),
+            "the key in use was evicted at {i}"
+        );
+    }
+    assert!(cache.contains(&keys[63]));
+    assert!(!cache.contains(&keys[40]), "an unused old key was kept");
+    // Inserting again is idempotent.
+    let len = cache.len();
+    cache.insert(keys[63]);
+    assert_eq!(cache.len(), len);
+    // Too small to hold anything: records nothing.
+    let none = BoundedSignatureCache::new(1);
+    none.insert(keys[0]);
+    assert!(none.is_empty() && !none.contains(&keys[0]));
 }

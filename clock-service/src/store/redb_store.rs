@@ -16,10 +16,10 @@
 //! # Compare-and-set and durability
 //!
 //! redb has one writer at a time: [`ClockStore::compare_and_set_head`] reads the head, compares
-//! its encoding byte for byte with the expected head's, and writes the new one inside a single
-//! write transaction, so no other writer can come between the read and the write. Every write
-//! transaction commits with redb's default [`redb::Durability::Immediate`]: nothing is
-//! acknowledged before it is on disk.
+//! its encoding byte for byte with the expected head's, and writes the event blocks and the new
+//! head inside a single write transaction, so no other writer can come between the read and the
+//! write, and an advance costs one commit. Every write transaction commits with redb's default
+//! [`redb::Durability::Immediate`]: nothing is acknowledged before it is on disk.
 //!
 //! redb is synchronous, so every operation runs on Tokio's blocking pool
 //! ([`tokio::task::spawn_blocking`]) over a shared [`redb::Database`]. The file is locked to one
@@ -154,11 +154,13 @@ impl ClockStore for RedbStore {
         clock: &str,
         expected: &[Cid],
         new: &[Cid],
+        blocks: &[Block],
     ) -> Result<bool, StoreError> {
         let expected = encode_head(clock, expected)?;
         let new = encode_head(clock, new)?;
         let empty = encode_head(clock, &[])?;
         let key = clock.to_owned();
+        let blocks = blocks.to_vec();
         self.run("compare_and_set_head", clock, move |db| {
             let txn = db.begin_write()?;
             let matches = {
@@ -168,6 +170,11 @@ impl ClockStore for RedbStore {
                     None => empty == expected,
                 };
                 if matches {
+                    let mut stored = txn.open_table(BLOCKS)?;
+                    for block in &blocks {
+                        let cid = block.cid().to_bytes();
+                        stored.insert((key.as_str(), cid.as_slice()), block.bytes().as_ref())?;
+                    }
                     table.insert(key.as_str(), new.as_slice())?;
                 }
                 matches
@@ -367,6 +374,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cas_writes_blocks_with_the_head() {
+        let (store, _dir) = store().await;
+        conformance::cas_writes_blocks_with_the_head(&store).await;
+    }
+
+    #[tokio::test]
     async fn corrupt_block_detected() {
         let (store, _dir) = store().await;
         conformance::corrupt_block_detected(&store).await;
@@ -425,13 +438,14 @@ mod tests {
         let block = event(1);
         {
             let store = RedbStore::open(path).await.unwrap();
-            store
-                .put_blocks(&clock, std::slice::from_ref(&block))
-                .await
-                .unwrap();
             assert!(
                 store
-                    .compare_and_set_head(&clock, &[], &[*block.cid()])
+                    .compare_and_set_head(
+                        &clock,
+                        &[],
+                        &[*block.cid()],
+                        std::slice::from_ref(&block)
+                    )
                     .await
                     .unwrap()
             );

@@ -28,14 +28,16 @@
 //! [`ClockStore::compare_and_set_head`] is one Lua script (`CAS_SCRIPT`) run through
 //! [`redis::Script`]: `EVALSHA`, and on `NOSCRIPT` (a restarted or failed-over server, an evicted
 //! script) `SCRIPT LOAD` and again. Redis runs a script atomically, so the read, the byte-for-byte
-//! comparison with the expected head and the write cannot interleave with another writer, on this
-//! connection or any other replica's. `WATCH`/`MULTI` is not an option here: `WATCH` state belongs
-//! to a connection, and the connection is shared by every task. The script's only key is passed
-//! in `KEYS`, as Cluster requires.
+//! comparison with the expected head and the writes (the advance's event blocks, then the head)
+//! cannot interleave with another writer, on this connection or any other replica's, and an
+//! advance that lost the race writes nothing. One round trip per attempt. `WATCH`/`MULTI` is not
+//! an option here: `WATCH` state belongs to a connection, and the connection is shared by every
+//! task. Every key the script touches (the head and the blocks) is passed in `KEYS`, as Cluster
+//! requires; they share the clock's hash tag, so one slot.
 //!
-//! Blocks are written with a plain pipelined `SET` (not `SETNX`): a block's bytes are fixed by
-//! its CID, so overwriting is idempotent, and it repairs a block that was damaged in place. They
-//! are read with one `MGET` and hash-checked against their CIDs.
+//! Blocks are written with a plain `SET` (not `SETNX`): a block's bytes are fixed by its CID, so
+//! overwriting is idempotent, and it repairs a block that was damaged in place. They are read
+//! with one `MGET` and hash-checked against their CIDs.
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
@@ -49,14 +51,19 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{ClockStore, StoreError};
 
-/// The compare-and-set of a head. `KEYS[1]` is the head key; `ARGV[1]` the expected head's
-/// encoding, `ARGV[2]` the new head's, `ARGV[3]` the empty head's (an absent key equals it).
-/// Returns 1 when the head was replaced, 0 when it did not match. Lua strings are 8-bit clean,
-/// so `~=` compares the encodings byte for byte.
+/// The compare-and-set of a head, with the event blocks it may name. `KEYS[1]` is the head key
+/// and `KEYS[2..]` block keys; `ARGV[1]` the expected head's encoding, `ARGV[2]` the new head's,
+/// `ARGV[3]` the empty head's (an absent key equals it), and `ARGV[i + 2]` the bytes of the
+/// block at `KEYS[i]`. Returns 1 when the blocks and the head were written, 0 (having written
+/// nothing) when the head did not match. Lua strings are 8-bit clean, so `~=` compares the
+/// encodings byte for byte.
 const CAS_SCRIPT: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current == false then current = ARGV[3] end
 if current ~= ARGV[1] then return 0 end
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 2])
+end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 ";
@@ -183,16 +190,20 @@ impl ClockStore for RedisStore {
         clock: &str,
         expected: &[Cid],
         new: &[Cid],
+        blocks: &[Block],
     ) -> Result<bool, StoreError> {
         let expected = encode_head(clock, expected)?;
         let new = encode_head(clock, new)?;
         let empty = encode_head(clock, &[])?;
+        let mut invocation = CAS.key(self.head_key(clock));
+        invocation.arg(expected).arg(new).arg(empty);
+        for block in blocks {
+            invocation
+                .key(self.block_key(clock, block.cid()))
+                .arg(block.bytes().as_ref());
+        }
         let mut conn = self.conn.clone();
-        let swapped: i64 = CAS
-            .key(self.head_key(clock))
-            .arg(expected)
-            .arg(new)
-            .arg(empty)
+        let swapped: i64 = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|source| redis_error("compare_and_set_head", clock, source))?;
@@ -387,6 +398,7 @@ pub(super) mod conformance {
         cas_success(store).await;
         cas_conflict(store).await;
         put_get_blocks(store).await;
+        cas_writes_blocks_with_the_head(store).await;
         corrupt_block_detected(store).await;
         corrupt_head_detected(store).await;
         head_encoding(store).await;
@@ -401,11 +413,16 @@ pub(super) mod conformance {
         let a = *event(1).cid();
         assert!(
             !store
-                .compare_and_set_head(&clock, &[a], &[a])
+                .compare_and_set_head(&clock, &[a], &[a], &[])
                 .await
                 .unwrap()
         );
-        assert!(store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[], &[a], &[])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.head(&clock).await.unwrap(), vec![a]);
         assert_eq!(
             store.head(&did("empty-other")).await.unwrap(),
@@ -418,10 +435,15 @@ pub(super) mod conformance {
     pub(crate) async fn cas_success(store: &impl ClockStore) {
         let clock = did("cas-ok");
         let [a, b, c] = [10, 11, 12].map(|n| *event(n).cid());
-        assert!(store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
         assert!(
             store
-                .compare_and_set_head(&clock, &[a], &[c, b])
+                .compare_and_set_head(&clock, &[], &[a], &[])
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[a], &[c, b], &[])
                 .await
                 .unwrap()
         );
@@ -429,19 +451,24 @@ pub(super) mod conformance {
         // Same value again is still a successful swap.
         assert!(
             store
-                .compare_and_set_head(&clock, &[c, b], &[c, b])
+                .compare_and_set_head(&clock, &[c, b], &[c, b], &[])
                 .await
                 .unwrap()
         );
         // Down to an explicitly empty head, and from it again.
         assert!(
             store
-                .compare_and_set_head(&clock, &[c, b], &[])
+                .compare_and_set_head(&clock, &[c, b], &[], &[])
                 .await
                 .unwrap()
         );
         assert_eq!(store.head(&clock).await.unwrap(), Vec::<Cid>::new());
-        assert!(store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[], &[a], &[])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.head(&clock).await.unwrap(), vec![a]);
     }
 
@@ -451,14 +478,14 @@ pub(super) mod conformance {
         let [a, b, c] = [20, 21, 22].map(|n| *event(n).cid());
         assert!(
             store
-                .compare_and_set_head(&clock, &[], &[a, b])
+                .compare_and_set_head(&clock, &[], &[a, b], &[])
                 .await
                 .unwrap()
         );
         for stale in [&[][..], &[a][..], &[b, a][..], &[a, b, c][..], &[c][..]] {
             assert!(
                 !store
-                    .compare_and_set_head(&clock, stale, &[c])
+                    .compare_and_set_head(&clock, stale, &[c], &[])
                     .await
                     .unwrap(),
                 "expected {stale:?} must not match [a, b]"
@@ -469,7 +496,7 @@ pub(super) mod conformance {
         let other = did("cas-conflict-other");
         assert!(
             !store
-                .compare_and_set_head(&other, &[a, b], &[c])
+                .compare_and_set_head(&other, &[a, b], &[c], &[])
                 .await
                 .unwrap()
         );
@@ -504,6 +531,62 @@ pub(super) mod conformance {
             .await
             .unwrap();
         assert_eq!(got, vec![None]);
+    }
+
+    /// The compare-and-set writes its blocks with the head, and nothing at all when the head
+    /// does not match: neither the blocks nor the head.
+    pub(crate) async fn cas_writes_blocks_with_the_head(store: &impl ClockStore) {
+        let clock = did("cas-blocks");
+        let [a, b, c, d] = [70, 71, 72, 73].map(event);
+        let all = [*a.cid(), *b.cid(), *c.cid(), *d.cid()];
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[], &[*a.cid()], std::slice::from_ref(&a))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.get_blocks(&clock, &all).await.unwrap(),
+            vec![Some(a.clone()), None, None, None]
+        );
+        // A stale expected head: refused, and neither block nor head is written.
+        assert!(
+            !store
+                .compare_and_set_head(&clock, &[], &[*b.cid(), *c.cid()], &[b.clone(), c.clone()])
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.head(&clock).await.unwrap(), vec![*a.cid()]);
+        assert_eq!(
+            store.get_blocks(&clock, &all).await.unwrap(),
+            vec![Some(a.clone()), None, None, None]
+        );
+        // The current head: every block and the head, together; a block already stored (a) is
+        // simply written again.
+        assert!(
+            store
+                .compare_and_set_head(
+                    &clock,
+                    &[*a.cid()],
+                    &[*c.cid(), *b.cid()],
+                    &[a.clone(), b.clone(), c.clone()]
+                )
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.head(&clock).await.unwrap(), vec![*c.cid(), *b.cid()]);
+        assert_eq!(
+            store.get_blocks(&clock, &all).await.unwrap(),
+            vec![Some(a), Some(b), Some(c), None]
+        );
+        // Blocks belong to the clock whose head they came with.
+        assert_eq!(
+            store
+                .get_blocks(&did("cas-blocks-other"), &all[..1])
+                .await
+                .unwrap(),
+            vec![None]
+        );
     }
 
     /// Bytes that do not hash to their CID are reported as corruption, not returned.
@@ -546,7 +629,12 @@ pub(super) mod conformance {
             Err(StoreError::Corrupt { what: "head", .. })
         ));
         let a = *event(50).cid();
-        assert!(!store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
+        assert!(
+            !store
+                .compare_and_set_head(&clock, &[], &[a], &[])
+                .await
+                .unwrap()
+        );
     }
 
     /// The stored head is the DAG-CBOR list of links, so any tool reading the raw bytes sees
@@ -557,7 +645,7 @@ pub(super) mod conformance {
         let [a, b] = [60, 61].map(|n| *event(n).cid());
         assert!(
             store
-                .compare_and_set_head(&clock, &[], &[b, a])
+                .compare_and_set_head(&clock, &[], &[b, a], &[])
                 .await
                 .unwrap()
         );
@@ -566,7 +654,7 @@ pub(super) mod conformance {
         assert_eq!(store.read_raw_head(&clock).await, Some(expected));
         assert!(
             store
-                .compare_and_set_head(&clock, &[b, a], &[])
+                .compare_and_set_head(&clock, &[b, a], &[], &[])
                 .await
                 .unwrap()
         );
@@ -660,7 +748,7 @@ pub(super) mod conformance {
                         let mut next = head.clone();
                         next.push(cid);
                         if store
-                            .compare_and_set_head(&clock, &head, &next)
+                            .compare_and_set_head(&clock, &head, &next, &[])
                             .await
                             .unwrap()
                         {
@@ -725,16 +813,19 @@ pub(super) mod conformance {
                         .to_block()
                         .unwrap();
                     let cid = *block.cid();
-                    store
-                        .put_blocks(&clock, std::slice::from_ref(&block))
-                        .await
-                        .unwrap();
                     cache.insert(cid, block.clone());
                     loop {
                         let next = merge(&store, &clock, &mut cache, &head, &cid).await;
                         assert_ne!(next, head, "a new event always changes the head");
+                        // The block goes with the head, as the service writes it: other writers'
+                        // merges find every block the head names (or panic in `merge`).
                         if store
-                            .compare_and_set_head(&clock, &head, &next)
+                            .compare_and_set_head(
+                                &clock,
+                                &head,
+                                &next,
+                                std::slice::from_ref(&block),
+                            )
                             .await
                             .unwrap()
                         {
@@ -985,6 +1076,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cas_writes_blocks_with_the_head() {
+        let (store, _cleanup) = store().await;
+        conformance::cas_writes_blocks_with_the_head(&store).await;
+    }
+
+    #[tokio::test]
     async fn corrupt_block_detected() {
         let (store, _cleanup) = store().await;
         conformance::corrupt_block_detected(&store).await;
@@ -1043,13 +1140,9 @@ mod tests {
         let (store, cleanup) = store().await;
         let clock = did("layout");
         let block = event(1);
-        store
-            .put_blocks(&clock, std::slice::from_ref(&block))
-            .await
-            .unwrap();
         assert!(
             store
-                .compare_and_set_head(&clock, &[], &[*block.cid()])
+                .compare_and_set_head(&clock, &[], &[*block.cid()], std::slice::from_ref(&block))
                 .await
                 .unwrap()
         );
@@ -1096,7 +1189,7 @@ mod tests {
         assert_eq!(store.head(&evil).await.unwrap(), Vec::<Cid>::new());
         assert!(
             store
-                .compare_and_set_head(&evil, &[], &[*a.cid()])
+                .compare_and_set_head(&evil, &[], &[*a.cid()], &[])
                 .await
                 .unwrap()
         );
@@ -1109,17 +1202,22 @@ mod tests {
         let (store, _cleanup) = store().await;
         let clock = did("flush");
         let [a, b] = [1, 2].map(|n| *event(n).cid());
-        assert!(store.compare_and_set_head(&clock, &[], &[a]).await.unwrap());
+        assert!(
+            store
+                .compare_and_set_head(&clock, &[], &[a], &[])
+                .await
+                .unwrap()
+        );
         raw::<()>(&store, redis::cmd("SCRIPT").arg("FLUSH")).await;
         assert!(
             store
-                .compare_and_set_head(&clock, &[a], &[b])
+                .compare_and_set_head(&clock, &[a], &[b], &[])
                 .await
                 .unwrap()
         );
         assert!(
             !store
-                .compare_and_set_head(&clock, &[a], &[b])
+                .compare_and_set_head(&clock, &[a], &[b], &[])
                 .await
                 .unwrap()
         );
