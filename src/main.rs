@@ -12,7 +12,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if !args.is_empty() {
-        eprintln!("unexpected arguments: {}\n\n{}", args.join(" "), bluesky_backups_help());
+        eprintln!(
+            "unexpected arguments: {}\n\n{}",
+            args.join(" "),
+            bluesky_backups_help()
+        );
         return ExitCode::from(64);
     }
     println!("Bluesky Backups on Storacha — all-in-one mode (embedded stores)\n");

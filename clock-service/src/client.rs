@@ -150,7 +150,8 @@ impl ClockClient {
                 .collect();
             builder = builder.fact(fact);
         }
-        Delegation::issue(builder, &who.proofs, blocks).map_err(|e| ClientError::Build(e.to_string()))
+        Delegation::issue(builder, &who.proofs, blocks)
+            .map_err(|e| ClientError::Build(e.to_string()))
     }
 
     /// The clock's head.

@@ -193,7 +193,9 @@ impl EventCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
         // Each operation is a few map calls that leave the maps consistent, so a lock poisoned
         // by a panic elsewhere is still usable.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The event `cid` of `clock`, if cached.
@@ -401,7 +403,9 @@ struct ClockTurn<'a> {
 
 impl ClockLocks {
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
-        self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Waits for `clock`'s turn.
@@ -495,8 +499,7 @@ impl<S: ClockStore + Clone> Clocks<S> {
         // head another local advance is about to replace would only lose the compare-and-set.
         let _turn = self.locks.turn(clock).await;
         // This advance's blocks: the event blocks that came along, then whatever merges read.
-        let mut blocks: HashMap<Cid, Block> =
-            keep.iter().map(|b| (*b.cid(), b.clone())).collect();
+        let mut blocks: HashMap<Cid, Block> = keep.iter().map(|b| (*b.cid(), b.clone())).collect();
         let mut found = Found::default();
         // Blocks read from the store by each kind of merge (each is held to `max_reads`).
         let mut fast_reads = 0usize;
@@ -507,11 +510,15 @@ impl<S: ClockStore + Clone> Clocks<S> {
                 blocks: &blocks,
                 parents: &parents,
             };
-            let next = match self.fast_merge(clock, &head, event, &local, &mut found, &mut fast_reads).await? {
+            let next = match self
+                .fast_merge(clock, &head, event, &local, &mut found, &mut fast_reads)
+                .await?
+            {
                 Some(next) => next,
                 None => {
-                    let (next, returned) =
-                        self.exact_merge(clock, head.clone(), *event, blocks, &mut reads).await;
+                    let (next, returned) = self
+                        .exact_merge(clock, head.clone(), *event, blocks, &mut reads)
+                        .await;
                     blocks = returned;
                     next?
                 }
@@ -521,7 +528,10 @@ impl<S: ClockStore + Clone> Clocks<S> {
             }
             // The event blocks go with the head, in one atomic step: written only if it wins.
             let t = Instant::now();
-            let swapped = self.store.compare_and_set_head(clock, &head, &next, &keep).await?;
+            let swapped = self
+                .store
+                .compare_and_set_head(clock, &head, &next, &keep)
+                .await?;
             self.metrics.store_op(StoreOp::compare_and_set, t);
             if swapped {
                 // Now in the store: the events that came along may be cached too.
@@ -612,7 +622,10 @@ impl<S: ClockStore + Clone> Clocks<S> {
             }
             if !pending.contains_key(&top) {
                 // Decode `top` (attached or stored) before anything else.
-                if !self.decode_into(clock, &[top], local, &mut pending, reads).await? {
+                if !self
+                    .decode_into(clock, &[top], local, &mut pending, reads)
+                    .await?
+                {
                     return Ok(false);
                 }
             }
@@ -639,10 +652,15 @@ impl<S: ClockStore + Clone> Clocks<S> {
                 continue;
             }
             // Decode every unknown parent in one round, then come back to `top`.
-            let undecoded: Vec<Cid> =
-                unknown.iter().filter(|p| !pending.contains_key(p)).copied().collect();
+            let undecoded: Vec<Cid> = unknown
+                .iter()
+                .filter(|p| !pending.contains_key(p))
+                .copied()
+                .collect();
             if !undecoded.is_empty()
-                && !self.decode_into(clock, &undecoded, local, &mut pending, reads).await?
+                && !self
+                    .decode_into(clock, &undecoded, local, &mut pending, reads)
+                    .await?
             {
                 return Ok(false);
             }
@@ -725,7 +743,8 @@ impl<S: ClockStore + Clone> Clocks<S> {
                 max_reads: this.max_reads,
                 failure: Default::default(),
             };
-            let result = clock::advance(&getter, &head, &event).map_err(|e| getter.error(&event, e));
+            let result =
+                clock::advance(&getter, &head, &event).map_err(|e| getter.error(&event, e));
             let reads = getter.reads.get();
             drop(getter);
             (result, blocks, reads)
@@ -737,7 +756,9 @@ impl<S: ClockStore + Clone> Clocks<S> {
                 (result, blocks)
             }
             Err(e) => (
-                Err(AdvanceError::InvalidEvent(format!("merge task failed: {e}"))),
+                Err(AdvanceError::InvalidEvent(format!(
+                    "merge task failed: {e}"
+                ))),
                 HashMap::new(),
             ),
         }
@@ -767,7 +788,9 @@ mod tests {
     fn event_block(n: u64, parents: &[Cid]) -> Block {
         let mut m = BTreeMap::new();
         m.insert("n".to_owned(), proto::Ipld::Integer(n.into()));
-        Event::new(proto::Ipld::Map(m), parents.to_vec()).to_block().unwrap()
+        Event::new(proto::Ipld::Map(m), parents.to_vec())
+            .to_block()
+            .unwrap()
     }
 
     /// A random DAG: each event's parents are 0–3 earlier events (some genesis events).
@@ -783,14 +806,29 @@ mod tests {
             if i > 0 && rng.below(8) != 0 {
                 for _ in 0..1 + rng.below(3) {
                     // Mostly recent events, sometimes old ones (forks).
-                    let back = if rng.below(4) == 0 { rng.below(i) } else { rng.below(i.min(4)) };
+                    let back = if rng.below(4) == 0 {
+                        rng.below(i)
+                    } else {
+                        rng.below(i.min(4))
+                    };
                     parents.push(order[i - 1 - back]);
                 }
             }
             let block = event_block(i as u64, &parents);
             let ev = Event::from_block(&block).unwrap();
-            let height = ev.parents.iter().map(|p| nodes[p].height + 1).max().unwrap_or(0);
-            nodes.insert(*block.cid(), Arc::new(Node { parents: ev.parents.into(), height }));
+            let height = ev
+                .parents
+                .iter()
+                .map(|p| nodes[p].height + 1)
+                .max()
+                .unwrap_or(0);
+            nodes.insert(
+                *block.cid(),
+                Arc::new(Node {
+                    parents: ev.parents.into(),
+                    height,
+                }),
+            );
             order.push(*block.cid());
             blocks.insert(*block.cid(), block);
         }
@@ -810,16 +848,29 @@ mod tests {
                 let event = if rng.below(3) == 0 {
                     order[rng.below(n)]
                 } else {
-                    let parents: Vec<Cid> = (0..rng.below(3)).map(|_| order[rng.below(n)]).collect();
+                    let parents: Vec<Cid> =
+                        (0..rng.below(3)).map(|_| order[rng.below(n)]).collect();
                     let b = event_block(1000 + rng.next() % 1_000_000, &parents);
                     let ev = Event::from_block(&b).unwrap();
-                    let height = ev.parents.iter().map(|p| nodes[p].height + 1).max().unwrap_or(0);
-                    nodes.insert(*b.cid(), Arc::new(Node { parents: ev.parents.into(), height }));
+                    let height = ev
+                        .parents
+                        .iter()
+                        .map(|p| nodes[p].height + 1)
+                        .max()
+                        .unwrap_or(0);
+                    nodes.insert(
+                        *b.cid(),
+                        Arc::new(Node {
+                            parents: ev.parents.into(),
+                            height,
+                        }),
+                    );
                     blocks.insert(*b.cid(), b.clone());
                     *b.cid()
                 };
                 let pail = clock::advance(&blocks, &head, &event).unwrap();
-                let ours = merge_with_heights(&head, &event, &|c: &Cid| nodes.get(c).cloned()).unwrap();
+                let ours =
+                    merge_with_heights(&head, &event, &|c: &Cid| nodes.get(c).cloned()).unwrap();
                 assert_eq!(ours, pail, "seed {seed}: head {head:?}, event {event}");
             }
         }
@@ -829,11 +880,23 @@ mod tests {
     fn heights_merge_asks_for_what_it_lacks() {
         let a = event_block(0, &[]);
         let b = event_block(1, &[*a.cid()]);
-        let nodes: HashMap<Cid, Arc<Node>> =
-            [(*b.cid(), Arc::new(Node { parents: vec![*a.cid()].into(), height: 1 }))].into();
+        let nodes: HashMap<Cid, Arc<Node>> = [(
+            *b.cid(),
+            Arc::new(Node {
+                parents: vec![*a.cid()].into(),
+                height: 1,
+            }),
+        )]
+        .into();
         let lookup = |c: &Cid| nodes.get(c).cloned();
-        assert_eq!(merge_with_heights(&[*a.cid()], b.cid(), &lookup), Err(*a.cid()));
-        assert_eq!(merge_with_heights(&[*b.cid()], b.cid(), &lookup), Ok(vec![*b.cid()]));
+        assert_eq!(
+            merge_with_heights(&[*a.cid()], b.cid(), &lookup),
+            Err(*a.cid())
+        );
+        assert_eq!(
+            merge_with_heights(&[*b.cid()], b.cid(), &lookup),
+            Ok(vec![*b.cid()])
+        );
         assert_eq!(merge_with_heights(&[], a.cid(), &lookup), Err(*a.cid()));
     }
 
@@ -848,9 +911,16 @@ mod tests {
     /// is stored); a tiny cache forces lookups of evicted events mid-walk.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn advances_agree_with_pail_on_random_histories() {
-        for (seed, cache_bytes) in [(7u64, EVENT_CACHE_BYTES), (8, 2048), (9, 0), (10, EVENT_CACHE_BYTES)] {
+        for (seed, cache_bytes) in [
+            (7u64, EVENT_CACHE_BYTES),
+            (8, 2048),
+            (9, 0),
+            (10, EVENT_CACHE_BYTES),
+        ] {
             let dir = tempfile::tempdir().unwrap();
-            let store = RedbStore::open(dir.path().join("c.redb").to_str().unwrap()).await.unwrap();
+            let store = RedbStore::open(dir.path().join("c.redb").to_str().unwrap())
+                .await
+                .unwrap();
             let clocks = clocks(store.clone(), cache_bytes);
             let clock = "did:key:z6Mkclock";
             let mut rng = Rng(seed);
@@ -884,8 +954,14 @@ mod tests {
                         oks += 1;
                         assert_eq!(e, g, "seed {seed}, event #{i}")
                     }
-                    (Err(ClockError::MissingBlock { cid: m }), Err(AdvanceError::MissingAncestor(g)))
-                    | (Err(ClockError::MissingBlock { cid: m }), Err(AdvanceError::MissingEvent(g))) => {
+                    (
+                        Err(ClockError::MissingBlock { cid: m }),
+                        Err(AdvanceError::MissingAncestor(g)),
+                    )
+                    | (
+                        Err(ClockError::MissingBlock { cid: m }),
+                        Err(AdvanceError::MissingEvent(g)),
+                    ) => {
                         errors += 1;
                         assert_eq!(m, g, "seed {seed}, event #{i}")
                     }
@@ -899,7 +975,10 @@ mod tests {
                 }
             }
             // Both kinds of outcome were exercised.
-            assert!(oks > 20 && errors > 5, "seed {seed}: {oks} ok, {errors} errors");
+            assert!(
+                oks > 20 && errors > 5,
+                "seed {seed}: {oks} ok, {errors} errors"
+            );
             assert!(clocks.locks.table().is_empty(), "clock locks are released");
         }
     }

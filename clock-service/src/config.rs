@@ -92,7 +92,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// The clock service's configuration.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "clock-service", version, about = "UCAN-authorized Merkle clocks over ucanto (clock/head, clock/advance), one per Storacha Space.")]
+#[command(
+    name = "clock-service",
+    version,
+    about = "UCAN-authorized Merkle clocks over ucanto (clock/head, clock/advance), one per Storacha Space."
+)]
 pub struct Config {
     /// Address of the ucanto endpoint (`POST /`).
     #[arg(long, env = "CLOCK_LISTEN", default_value = DEFAULT_LISTEN)]

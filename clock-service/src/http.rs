@@ -148,7 +148,10 @@ impl Ucanto {
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
                 HeaderValue::from_static("*"),
             );
-            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
             return r;
         }
         if req.method() != Method::POST {
@@ -253,7 +256,10 @@ impl Ucanto {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a response");
-                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the response")
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode the response",
+                )
             }
         }
     }

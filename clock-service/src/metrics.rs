@@ -144,14 +144,26 @@ impl Metrics {
             provisioning_cache: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("clock");
-        r.register("invocations", "Invocations handled, by ability and outcome", m.invocations.clone());
+        r.register(
+            "invocations",
+            "Invocations handled, by ability and outcome",
+            m.invocations.clone(),
+        );
         r.register(
             "invocation_duration_seconds",
             "Time to validate and handle one invocation and sign its receipt",
             m.invocation_duration.clone(),
         );
-        r.register("http_responses", "HTTP responses, by status code", m.http_responses.clone());
-        r.register("requests_in_flight", "Requests being handled", m.in_flight.clone());
+        r.register(
+            "http_responses",
+            "HTTP responses, by status code",
+            m.http_responses.clone(),
+        );
+        r.register(
+            "requests_in_flight",
+            "Requests being handled",
+            m.in_flight.clone(),
+        );
         r.register(
             "advance_conflicts",
             "Head compare-and-set conflicts retried during clock/advance",

@@ -125,7 +125,10 @@ impl std::fmt::Debug for App {
 
 fn overload_response(e: BoxError) -> Response<Body> {
     if e.is::<tower::load_shed::error::Overloaded>() {
-        text(StatusCode::SERVICE_UNAVAILABLE, "Service overloaded: too many requests in flight, retry shortly")
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service overloaded: too many requests in flight, retry shortly",
+        )
     } else if e.is::<tower::timeout::error::Elapsed>() {
         text(StatusCode::SERVICE_UNAVAILABLE, "Request timed out")
     } else {
@@ -148,7 +151,10 @@ where
     type Error = Infallible;
     type Future = crate::invocation::BoxFuture<Result<Response<Body>, Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
         // Load shedding makes the inner service always ready; an error here would be a bug in
         // a layer, and the call below reports it as a response.
         let _ = self.0.poll_ready(cx);
@@ -169,20 +175,23 @@ impl App {
     }
 
     /// Builds the service over an already opened store.
-    pub fn with_store(config: &Config, signer: Ed25519Signer, store: AnyStore) -> Result<Self, Error> {
+    pub fn with_store(
+        config: &Config,
+        signer: Ed25519Signer,
+        store: AnyStore,
+    ) -> Result<Self, Error> {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
 
-        let mut validator = Validator::new(signer.verifier()).with_max_depth(config.max_proof_depth);
+        let mut validator =
+            Validator::new(signer.verifier()).with_max_depth(config.max_proof_depth);
         if config.signature_cache > 0 {
-            validator = validator.with_signature_cache(Arc::new(BoundedSignatureCache::new(
-                config.signature_cache,
-            )));
+            validator = validator
+                .with_signature_cache(Arc::new(BoundedSignatureCache::new(config.signature_cache)));
         }
         for authority in &config.authorities {
-            let key = Verifier::parse(&authority.key).map_err(|e| {
-                Error::Config(format!("authority {}: {e}", authority.did))
-            })?;
+            let key = Verifier::parse(&authority.key)
+                .map_err(|e| Error::Config(format!("authority {}: {e}", authority.did)))?;
             validator = validator.with_trusted_authority(key.with_did(authority.did.clone()));
         }
         let provisioning = match config.provisioning {
@@ -202,7 +211,10 @@ impl App {
         let invocations = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .layer(AuthLayer::new(validator, signer.did()))
-                .layer(ProvisioningLayer::new(provisioning, config.provisioning_head))
+                .layer(ProvisioningLayer::new(
+                    provisioning,
+                    config.provisioning_head,
+                ))
                 .service(Handler::new(clocks)),
         );
         let signer = Arc::new(signer);

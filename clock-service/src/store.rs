@@ -194,7 +194,11 @@ impl ClockStore for AnyStore {
     async fn put_blocks(&self, clock: &str, blocks: &[Block]) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_blocks(clock, blocks).await)
     }
-    async fn get_blocks(&self, clock: &str, cids: &[Cid]) -> Result<Vec<Option<Block>>, StoreError> {
+    async fn get_blocks(
+        &self,
+        clock: &str,
+        cids: &[Cid],
+    ) -> Result<Vec<Option<Block>>, StoreError> {
         dispatch!(self, s => s.get_blocks(clock, cids).await)
     }
     async fn is_provisioned(&self, space: &str) -> Result<bool, StoreError> {

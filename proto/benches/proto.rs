@@ -76,10 +76,13 @@ fn benches(c: &mut Criterion) {
     let validator = Validator::new(service.verifier());
     c.bench_function("chain3/decode_validate", |bench| {
         bench.iter(|| {
-            let msg = AgentMessage::decode(black_box(&chain), &CarLimits::default()).expect("decodes");
+            let msg =
+                AgentMessage::decode(black_box(&chain), &CarLimits::default()).expect("decodes");
             let inv = msg.invocations().expect("invocations").remove(0);
             validator
-                .check(&inv, service.did(), 1_800_000_000, |_| Some(parsers::clock_head()))
+                .check(&inv, service.did(), 1_800_000_000, |_| {
+                    Some(parsers::clock_head())
+                })
                 .expect("authorized")
         })
     });
@@ -92,8 +95,13 @@ fn benches(c: &mut Criterion) {
         bench.iter(|| {
             let mut ok = BTreeMap::new();
             ok.insert("head".to_string(), Ipld::List(vec![Ipld::Link(event)]));
-            let r = Receipt::issue(&service, black_box(&inv), Ok(Ipld::Map(ok)), ReceiptOptions::default())
-                .expect("signs");
+            let r = Receipt::issue(
+                &service,
+                black_box(&inv),
+                Ok(Ipld::Map(ok)),
+                ReceiptOptions::default(),
+            )
+            .expect("signs");
             message::encode_response(&[r]).expect("encodes")
         })
     });

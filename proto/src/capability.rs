@@ -55,7 +55,10 @@ fn expect_can(cap: &Capability, can: &str) -> Result<(), MalformedCapability> {
     if cap.can == can {
         Ok(())
     } else {
-        Err(malformed(can, format!("expected ability {can}, got {}", cap.can)))
+        Err(malformed(
+            can,
+            format!("expected ability {can}, got {}", cap.can),
+        ))
     }
 }
 
@@ -104,7 +107,10 @@ fn opt_link(cap: &Capability, field: &str) -> Result<Option<Cid>, MalformedCapab
 }
 
 fn nb_of(fields: impl IntoIterator<Item = (&'static str, Ipld)>) -> BTreeMap<String, Ipld> {
-    fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    fields
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 /// `clock/head`: read a clock's head.
@@ -181,9 +187,8 @@ impl BlobRef {
             _ => return Err(malformed(can, "blob.digest must be bytes")),
         };
         let size = match m.get("size") {
-            Some(Ipld::Integer(n)) => {
-                u64::try_from(*n).map_err(|_| malformed(can, "blob.size must be a natural number"))?
-            }
+            Some(Ipld::Integer(n)) => u64::try_from(*n)
+                .map_err(|_| malformed(can, "blob.size must be a natural number"))?,
             _ => return Err(malformed(can, "blob.size must be an integer")),
         };
         Ok(Self { digest, size })
@@ -241,7 +246,10 @@ impl SpaceIndexAdd {
         expect_can(cap, SPACE_INDEX_ADD)?;
         let index = link(cap, "index")?;
         if index.codec() != CAR {
-            return Err(malformed(&cap.can, "nb.index must be a CAR link (codec 0x0202)"));
+            return Err(malformed(
+                &cap.can,
+                "nb.index must be a CAR link (codec 0x0202)",
+            ));
         }
         Ok(Self {
             with: did_key_with(cap)?,
@@ -409,9 +417,7 @@ impl HttpPut {
                     .map(|(k, v)| (k.clone(), Ipld::String(v.clone())))
                     .collect(),
             ),
-            Awaitable::Await { selector, task } => {
-                Awaitable::<String>::await_ipld(selector, task)
-            }
+            Awaitable::Await { selector, task } => Awaitable::<String>::await_ipld(selector, task),
         };
         Capability::new(HTTP_PUT, &self.with).with_nb(nb_of([
             ("body", self.body.to_ipld()),

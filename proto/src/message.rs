@@ -185,11 +185,12 @@ impl AgentMessage {
         self.execute
             .iter()
             .map(|cid| {
-                Delegation::from_store(cid, self.store.clone())
-                    .map_err(|source| MessageError::Invocation {
+                Delegation::from_store(cid, self.store.clone()).map_err(|source| {
+                    MessageError::Invocation {
                         cid: *cid,
                         source: Box::new(source),
-                    })
+                    }
+                })
             })
             .collect()
     }
@@ -306,7 +307,10 @@ mod tests {
         assert_eq!(negotiate(Some(CONTENT_TYPE), Some("*/*")), Ok(()));
         assert_eq!(negotiate(Some(CONTENT_TYPE), Some("application/*")), Ok(()));
         assert_eq!(
-            negotiate(Some(CONTENT_TYPE), Some("text/html, application/vnd.ipld.car;q=0.5")),
+            negotiate(
+                Some(CONTENT_TYPE),
+                Some("text/html, application/vnd.ipld.car;q=0.5")
+            ),
             Ok(())
         );
         assert_eq!(

@@ -102,7 +102,12 @@ pub struct Signature {
 
 impl std::fmt::Debug for Signature {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Signature({}, {} bytes)", self.algorithm(), self.raw.len())
+        write!(
+            f,
+            "Signature({}, {} bytes)",
+            self.algorithm(),
+            self.raw.len()
+        )
     }
 }
 
@@ -238,8 +243,8 @@ pub fn did_from_bytes(bytes: &[u8]) -> Result<String, PrincipalError> {
             did: format!("{} bytes", bytes.len()),
             reason: "only compressed p256 keys are supported".to_string(),
         }),
-        ED25519_PUB | P256_PUB | P384_PUB | P521_PUB | RSA_PUB | SECP256K1_PUB
-        | BLS12381G1_PUB | BLS12381G2_PUB => {
+        ED25519_PUB | P256_PUB | P384_PUB | P521_PUB | RSA_PUB | SECP256K1_PUB | BLS12381G1_PUB
+        | BLS12381G2_PUB => {
             if code == ED25519_PUB && rest.len() != 32 {
                 return Err(PrincipalError::InvalidDid {
                     did: format!("{} bytes", bytes.len()),
@@ -284,7 +289,9 @@ pub struct Ed25519Signer {
 impl std::fmt::Debug for Ed25519Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("Ed25519Signer").field("did", &self.did()).finish()
+        f.debug_struct("Ed25519Signer")
+            .field("did", &self.did())
+            .finish()
     }
 }
 
@@ -325,13 +332,16 @@ impl Ed25519Signer {
         let bad = |why: &str| PrincipalError::InvalidPrivateKey(why.to_string());
         let (tag, rest) = read_varint(bytes).ok_or_else(|| bad("bad key tag"))?;
         if tag != ED25519_PRIV {
-            return Err(bad(&format!("expected ed25519 private key tag 0x1300, got 0x{tag:x}")));
+            return Err(bad(&format!(
+                "expected ed25519 private key tag 0x1300, got 0x{tag:x}"
+            )));
         }
         if rest.len() != 32 + 2 + 32 {
             return Err(bad("expected 68 bytes"));
         }
         let seed: [u8; 32] = rest[..32].try_into().expect("length checked");
-        let (pub_tag, public) = read_varint(&rest[32..]).ok_or_else(|| bad("bad public key tag"))?;
+        let (pub_tag, public) =
+            read_varint(&rest[32..]).ok_or_else(|| bad("bad public key tag"))?;
         if pub_tag != ED25519_PUB {
             return Err(bad("expected ed25519 public key tag 0xed"));
         }
@@ -492,8 +502,7 @@ impl Verifier {
 mod tests {
     use super::*;
 
-    const SERVICE_KEY: &str =
-        "MgCYCAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAu0BgTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5Q=";
+    const SERVICE_KEY: &str = "MgCYCAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAu0BgTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5Q=";
 
     #[test]
     fn golden_keys_round_trip() {

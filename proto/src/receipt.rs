@@ -151,16 +151,24 @@ impl Receipt {
 
     /// Reads the receipt `root` from `blocks`.
     pub fn from_store(root: &Cid, blocks: BlockStore) -> Result<Self, ReceiptError> {
-        let block = blocks.get(root).cloned().ok_or(ReceiptError::Missing(*root))?;
+        let block = blocks
+            .get(root)
+            .cloned()
+            .ok_or(ReceiptError::Missing(*root))?;
         let malformed = |reason: String| ReceiptError::Malformed { cid: *root, reason };
         if root.codec() != DAG_CBOR {
-            return Err(malformed(format!("codec 0x{:x} is not DAG-CBOR", root.codec())));
+            return Err(malformed(format!(
+                "codec 0x{:x} is not DAG-CBOR",
+                root.codec()
+            )));
         }
         let model: ReceiptModel = block.decode().map_err(|e| malformed(e.to_string()))?;
         let has_ok = model.ocm.out.contains_key("ok");
         let has_err = model.ocm.out.contains_key("error");
         if model.ocm.out.len() != 1 || has_ok == has_err {
-            return Err(malformed("out must be exactly one of {ok} or {error}".to_string()));
+            return Err(malformed(
+                "out must be exactly one of {ok} or {error}".to_string(),
+            ));
         }
         let signature = Signature::decode(&model.sig)?;
         Ok(Self {
@@ -287,8 +295,8 @@ mod tests {
         .unwrap();
         let mut ok = BTreeMap::new();
         ok.insert("head".to_string(), Ipld::List(vec![]));
-        let r = Receipt::issue(&service, &inv, Ok(Ipld::Map(ok)), ReceiptOptions::default())
-            .unwrap();
+        let r =
+            Receipt::issue(&service, &inv, Ok(Ipld::Map(ok)), ReceiptOptions::default()).unwrap();
         assert!(r.verify_signature(&service.verifier()));
         assert!(!r.verify_signature(&agent.verifier()));
         let store: HashMap<Cid, Block> = r.blocks().into_iter().map(|b| (*b.cid(), b)).collect();

@@ -42,7 +42,9 @@ pub enum UcanError {
         reason: String,
     },
     /// The UCAN block is not DAG-CBOR (dag-ucan's JWT form is not accepted).
-    #[error("unsupported UCAN encoding for {cid}: codec 0x{codec:x} (only DAG-CBOR UCANs are accepted)")]
+    #[error(
+        "unsupported UCAN encoding for {cid}: codec 0x{codec:x} (only DAG-CBOR UCANs are accepted)"
+    )]
     UnsupportedCodec {
         /// The CID.
         cid: Cid,
@@ -282,9 +284,9 @@ impl Ucan {
         let signature = Signature::decode(&model.s).map_err(principal)?;
         let expiration = match model.exp {
             Ipld::Null => None,
-            Ipld::Integer(n) => Some(
-                i64::try_from(n).map_err(|_| malformed("exp is out of range".to_string()))?,
-            ),
+            Ipld::Integer(n) => {
+                Some(i64::try_from(n).map_err(|_| malformed("exp is out of range".to_string()))?)
+            }
             Ipld::Bool(false) => return Err(malformed("exp is missing".to_string())),
             other => {
                 return Err(malformed(format!(
@@ -511,7 +513,11 @@ fn signing_payload(
         ucv: version,
     })?;
     let payload = ipld::encode_dag_json(&SignedPayload {
-        att: fields.capabilities.iter().map(Capability::to_ipld).collect(),
+        att: fields
+            .capabilities
+            .iter()
+            .map(Capability::to_ipld)
+            .collect(),
         aud: fields.audience,
         exp: fields.expiration,
         fct: (!fields.facts.is_empty()).then_some(fields.facts),
@@ -609,7 +615,9 @@ impl UcanBuilder<'_> {
             s: signature.encode(),
             att: self.capabilities.iter().map(Capability::to_ipld).collect(),
             prf: Some(self.proofs),
-            exp: self.expiration.map_or(Ipld::Null, |e| Ipld::Integer(e.into())),
+            exp: self
+                .expiration
+                .map_or(Ipld::Null, |e| Ipld::Integer(e.into())),
             fct: (!self.facts.is_empty()).then_some(self.facts),
             nnc: self.nonce,
             nbf: self.not_before.filter(|n| *n != 0),
@@ -796,7 +804,8 @@ impl Delegation {
     /// the legacy form, base64 of a plain archive CAR.
     pub fn parse_proof_text(text: &str) -> Result<Self, UcanError> {
         let text = text.trim();
-        let not_text = |why: &str| UcanError::NotAnArchive(format!("invalid delegation text: {why}"));
+        let not_text =
+            |why: &str| UcanError::NotAnArchive(format!("invalid delegation text: {why}"));
         if let Ok((_, bytes)) = multibase::decode(text)
             && let Some(archive) = identity_car_payload(&bytes)
         {
@@ -811,9 +820,9 @@ impl Delegation {
     /// Reads a delegation archive (what `storacha delegation create --output` writes).
     pub fn extract(bytes: &[u8]) -> Result<Self, UcanError> {
         let (roots, blocks) = car::decode_car(bytes, &CarLimits::default())?;
-        let root = roots
-            .first()
-            .ok_or_else(|| UcanError::NotAnArchive("CAR archive does not contain a root block".into()))?;
+        let root = roots.first().ok_or_else(|| {
+            UcanError::NotAnArchive("CAR archive does not contain a root block".into())
+        })?;
         let store: HashMap<Cid, Block> = blocks.into_iter().map(|b| (*b.cid(), b)).collect();
         let variant = store
             .get(root)
@@ -951,7 +960,10 @@ mod tests {
         assert!(text.starts_with('m'));
         assert_eq!(Delegation::parse_proof_text(&text).unwrap().cid(), d2.cid());
         let legacy = base64::engine::general_purpose::STANDARD.encode(&archive);
-        assert_eq!(Delegation::parse_proof_text(&legacy).unwrap().cid(), d2.cid());
+        assert_eq!(
+            Delegation::parse_proof_text(&legacy).unwrap().cid(),
+            d2.cid()
+        );
         assert!(Delegation::parse_proof_text("not a delegation").is_err());
     }
 }

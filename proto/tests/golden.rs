@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use proto::car::CarLimits;
 use proto::capability::{ClockAdvance, ClockHead};
+use proto::car::CarLimits;
 use proto::clock;
 use proto::message::{self, AgentMessage};
 use proto::principal::Ed25519Signer;
@@ -16,7 +16,10 @@ const SERVICE_KEY: &str =
     "MgCYCAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAu0BgTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5Q=";
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/golden/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -58,7 +61,8 @@ impl Clock {
                 }
                 other => panic!("unexpected ability {other}"),
             };
-            receipts.push(Receipt::issue(service, &inv, Ok(out), ReceiptOptions::default()).unwrap());
+            receipts
+                .push(Receipt::issue(service, &inv, Ok(out), ReceiptOptions::default()).unwrap());
         }
         message::encode_response(&receipts).unwrap()
     }
@@ -77,9 +81,18 @@ fn golden_trace_is_byte_identical() {
     };
     let head = fixture("head.car");
     let advance = fixture("advance.car");
-    assert_eq!(clock.answer(&service, &head), fixture("head-empty.resp.car"));
-    assert_eq!(clock.answer(&service, &advance), fixture("advance.resp.car"));
-    assert_eq!(clock.answer(&service, &head), fixture("head-after.resp.car"));
+    assert_eq!(
+        clock.answer(&service, &head),
+        fixture("head-empty.resp.car")
+    );
+    assert_eq!(
+        clock.answer(&service, &advance),
+        fixture("advance.resp.car")
+    );
+    assert_eq!(
+        clock.answer(&service, &head),
+        fixture("head-after.resp.car")
+    );
 }
 
 #[test]
@@ -88,7 +101,11 @@ fn golden_requests_re_encode_identically() {
         let bytes = fixture(name);
         let msg = AgentMessage::decode(&bytes, &CarLimits::default()).unwrap();
         let invocations = msg.invocations().unwrap();
-        assert_eq!(message::encode_request(&invocations).unwrap(), bytes, "{name}");
+        assert_eq!(
+            message::encode_request(&invocations).unwrap(),
+            bytes,
+            "{name}"
+        );
     }
 }
 
