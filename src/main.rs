@@ -1,7 +1,7 @@
 //! `cargo run`: Bluesky Backups on embedded defaults, every service in one process.
 //!
-//! The services (clock service, scheduler, backup worker) arrive with their own issues; until
-//! then this binary says so and shows what the protocol core can already do.
+//! The clock service exists and runs on its own (`cargo run -p clock-service`); the scheduler
+//! and backup worker arrive with their own issues. Until all three exist this binary says so.
 
 use std::process::ExitCode;
 
@@ -22,8 +22,9 @@ fn main() -> ExitCode {
     println!("Bluesky Backups on Storacha — all-in-one mode (embedded stores)\n");
     println!("The protocol core (`proto`: CAR, DAG-CBOR, did:key, dag-ucan 0.9.1, ucanto");
     println!("messages and receipts, Merkle clock, pail) is built and tested.");
-    println!("The clock service, scheduler and backup worker come in later issues; this");
-    println!("command will start all three on embedded stores once they exist.\n");
+    println!("The clock service runs on its own today: `cargo run -p clock-service`");
+    println!("(embedded redb in ./data). The scheduler and backup worker come in later");
+    println!("issues; this command will start all three on embedded stores once they exist.\n");
     match proto::principal::Ed25519Signer::generate() {
         Ok(key) => {
             println!("A fresh service identity, for example: {}", key.did());
