@@ -58,6 +58,18 @@ pub enum SpaceError {
     /// A background task failed to complete.
     #[error("space task failed: {0}")]
     Task(String),
+    /// A remote Space service (Storacha) refused or failed an operation.
+    #[error("space service: {op}: {source}")]
+    Remote {
+        /// What was being done.
+        op: &'static str,
+        /// Whether trying again later can succeed (transport faults, 5xx, receipts not yet
+        /// there) or not (refused delegation, unknown Space, no storage left).
+        retry: bool,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl SpaceError {
@@ -95,6 +107,16 @@ pub trait SpaceStore: Send + Sync + 'static {
         &self,
         blocks: Vec<Block>,
     ) -> impl Future<Output = Result<Option<ShardInfo>, SpaceError>> + Send;
+
+    /// Makes the shards one backup wrote a unit of the Space named by `root` (in Storacha: the
+    /// sharded-DAG index of the shards, `space/index/add`, then `upload/add {root, shards}`).
+    /// Called after every shard is durable and before the clock advances; with no shards it
+    /// still records the upload when the Space needs it. Idempotent.
+    fn commit(
+        &self,
+        root: &Cid,
+        shards: &[ShardInfo],
+    ) -> impl Future<Output = Result<(), SpaceError>> + Send;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -276,6 +298,11 @@ impl SpaceStore for LocalSpace {
     async fn put_shard(&self, blocks: Vec<Block>) -> Result<Option<ShardInfo>, SpaceError> {
         let this = self.clone();
         blocking(move || this.write_shard_blocking(blocks)).await
+    }
+
+    /// A directory needs no upload record: every durable shard is already part of the Space.
+    async fn commit(&self, _root: &Cid, _shards: &[ShardInfo]) -> Result<(), SpaceError> {
+        Ok(())
     }
 }
 
