@@ -19,6 +19,14 @@
 //! Verifying what the PDS sends (commit signatures, the MST walk, DID documents) is pure and
 //! lives in [`proto::repo`]; CAR parsing in [`proto::car`].
 
+pub mod backup;
+pub mod cli;
+pub mod restore;
+pub mod clock;
+pub mod error;
 pub mod identity;
 pub mod space;
+pub mod staging;
 pub mod xrpc;
+
+pub use error::Error;

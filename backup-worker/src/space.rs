@@ -195,6 +195,11 @@ impl LocalSpace {
         &self.dir
     }
 
+    /// Every block CID held, in no particular order.
+    pub fn cids(&self) -> Vec<Cid> {
+        self.read().blocks.keys().copied().collect()
+    }
+
     /// Number of blocks held.
     pub fn len(&self) -> usize {
         self.read().blocks.len()
@@ -368,9 +373,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SpaceError> {
+    // A name of its own: two writers of the same shard (identical bytes, racing backups) must
+    // not share a temporary file. Whichever rename lands last leaves the same content.
+    let mut salt = [0u8; 8];
+    getrandom::fill(&mut salt).map_err(|e| SpaceError::Task(e.to_string()))?;
     let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+        "{}.{:016x}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        u64::from_le_bytes(salt)
     ));
     let mut f = File::create(&tmp).map_err(|e| SpaceError::io("create", &tmp, e))?;
     f.write_all(bytes)

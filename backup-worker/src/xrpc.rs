@@ -509,6 +509,8 @@ struct Call<'a> {
     url: Url,
     bearer: Option<&'a str>,
     streaming: bool,
+    /// A JSON body (procedures).
+    body: Option<serde_json::Value>,
 }
 
 /// The `host:port` a URL's requests are limited and counted under.
@@ -652,6 +654,9 @@ impl XrpcClient {
                 .request(call.method.clone(), call.url.clone());
             if let Some(token) = call.bearer {
                 req = req.bearer_auth(token);
+            }
+            if let Some(body) = &call.body {
+                req = req.json(body);
             }
             if !call.streaming {
                 req = req.timeout(config.request_timeout);
@@ -808,6 +813,7 @@ impl XrpcClient {
             url,
             bearer: None,
             streaming: false,
+            body: None,
         }
     }
 
@@ -870,6 +876,36 @@ impl XrpcClient {
         Ok(LatestCommit { cid, rev: out.rev })
     }
 
+    /// `com.atproto.server.createSession` with an app password: the session's access token
+    /// (for `getPreferences` when no OAuth token is at hand, as in the CLI).
+    pub async fn create_session(
+        &self,
+        pds: &Url,
+        identifier: &str,
+        password: &str,
+    ) -> Result<String, XrpcError> {
+        #[derive(serde::Deserialize)]
+        struct Session {
+            #[serde(rename = "accessJwt")]
+            access_jwt: String,
+        }
+        let url = Self::xrpc_url(pds, "com.atproto.server.createSession", &[])?;
+        let session: Session = self
+            .json(Call {
+                method: Method::POST,
+                url,
+                bearer: None,
+                streaming: false,
+                body: Some(serde_json::json!({
+                    "identifier": identifier,
+                    "password": password,
+                })),
+            })
+            .await
+            .map_err(|e| Self::name_error(e, identifier, &host_key(pds)))?;
+        Ok(session.access_jwt)
+    }
+
     /// `com.atproto.sync.getRepo` (with `since` for only the blocks written after that rev):
     /// the CAR as a stream, never buffered.
     pub async fn get_repo(
@@ -926,6 +962,7 @@ impl XrpcClient {
                 url,
                 bearer: None,
                 streaming: true,
+                body: None,
             })
             .await?;
         let content_type = header_str(resp.headers(), "content-type").map(str::to_string);
@@ -1059,6 +1096,7 @@ impl XrpcClient {
                 url,
                 bearer: Some(access_token),
                 streaming: false,
+                body: None,
             })
             .await
             .map_err(|e| Self::name_error(e, "", &host_key(pds)))?;

@@ -1144,6 +1144,9 @@ pub struct MstWalk {
     /// Blocks the getter did not have, in walk order: nodes (whose subtrees were therefore
     /// not walked) and, when records are fetched, records.
     pub missing: Vec<MissingBlock>,
+    /// Subtrees not walked because the caller's `prune` said they were already verified
+    /// ([`walk_mst_pruned`]); their nodes and records are not counted above.
+    pub pruned: u64,
 }
 
 impl MstWalk {
@@ -1234,10 +1237,11 @@ pub struct WalkOptions {
     pub fetch_records: bool,
 }
 
-struct Walker<'g, G: ?Sized, F> {
+struct Walker<'g, G: ?Sized, F, P> {
     getter: &'g G,
     opts: WalkOptions,
     visit: F,
+    prune: P,
     seen: HashSet<Cid>,
     last_key: Option<Vec<u8>>,
     summary: MstWalk,
@@ -1247,10 +1251,11 @@ fn lossy(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
 }
 
-impl<G, F> Walker<'_, G, F>
+impl<G, F, P> Walker<'_, G, F, P>
 where
     G: BlockGetter + ?Sized,
     F: FnMut(MstVisit<'_>) -> Result<(), StoreError>,
+    P: FnMut(&Cid) -> bool,
 {
     fn get(
         &mut self,
@@ -1284,6 +1289,10 @@ where
         }
         if !self.seen.insert(*cid) {
             return Err(MstError::DuplicateNode { cid: *cid });
+        }
+        if depth > 1 && (self.prune)(cid) {
+            self.summary.pruned += 1;
+            return Ok(());
         }
         let last = self.last_key.clone();
         let Some(block) = self.get(cid, BlockKind::MstNode, last.as_deref())? else {
@@ -1440,10 +1449,32 @@ where
     G: BlockGetter + ?Sized,
     F: FnMut(MstVisit<'_>) -> Result<(), StoreError>,
 {
+    walk_mst_pruned(getter, root, opts, |_| false, visit)
+}
+
+/// [`walk_mst`], except that a subtree whose root node `prune` accepts is not walked (it is
+/// counted in [`MstWalk::pruned`]). An incremental backup prunes the nodes its Space already
+/// holds: they were verified, with everything under them, when they were stored, so a walk
+/// costs the size of the change rather than of the repo. Keys under a pruned subtree are not
+/// seen, so key order is checked within the walked part and within each node only. The root
+/// is always walked.
+pub fn walk_mst_pruned<G, P, F>(
+    getter: &G,
+    root: &Cid,
+    opts: &WalkOptions,
+    prune: P,
+    visit: F,
+) -> Result<MstWalk, MstError>
+where
+    G: BlockGetter + ?Sized,
+    P: FnMut(&Cid) -> bool,
+    F: FnMut(MstVisit<'_>) -> Result<(), StoreError>,
+{
     let mut walker = Walker {
         getter,
         opts: *opts,
         visit,
+        prune,
         seen: HashSet::new(),
         last_key: None,
         summary: MstWalk::default(),
@@ -2116,6 +2147,52 @@ mod tests {
         let (summary, seen) = walk(&HashMap::new(), &data, false).unwrap();
         assert_eq!(summary.missing[0].cid, data);
         assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn pruned_subtrees_are_not_walked() {
+        let key = SecretKey::generate(KeyAlgorithm::K256).unwrap();
+        let (commit, mut blocks, entries) = repo(2000, &key);
+        let data = Commit::from_block(&commit).unwrap().data;
+        let opts = WalkOptions::default();
+        let full = walk_mst(&blocks, &data, &opts, |_| Ok(())).unwrap();
+        assert_eq!(full.records, entries.len() as u64);
+        assert_eq!(full.pruned, 0);
+        // Prune every subtree of the root: only the root is read, so the other nodes may as
+        // well be gone.
+        let root = MstNode::decode(blocks[&data].bytes(), 10_000).unwrap();
+        let children: HashSet<Cid> = root
+            .left
+            .iter()
+            .chain(root.entries.iter().filter_map(|e| e.tree.as_ref()))
+            .copied()
+            .collect();
+        assert!(!children.is_empty());
+        let root_block = blocks[&data].clone();
+        blocks.retain(|cid, _| *cid == data);
+        assert_eq!(blocks.len(), 1, "{}", root_block.cid());
+        let mut seen_records = 0;
+        let pruned = walk_mst_pruned(
+            &blocks,
+            &data,
+            &opts,
+            |cid| children.contains(cid),
+            |v| {
+                if matches!(v, MstVisit::Record { .. }) {
+                    seen_records += 1;
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert!(pruned.is_complete(), "{:?}", pruned.missing);
+        assert_eq!(pruned.nodes, 1);
+        assert_eq!(pruned.pruned, children.len() as u64);
+        assert_eq!(pruned.records, root.entries.len() as u64);
+        assert_eq!(seen_records, root.entries.len());
+        // The root itself is never pruned.
+        let all = walk_mst_pruned(&blocks, &data, &opts, |_| true, |_| Ok(())).unwrap();
+        assert_eq!(all.nodes, 1);
     }
 
     fn getter(blocks: &[&Block]) -> HashMap<Cid, Block> {
