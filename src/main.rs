@@ -1,7 +1,8 @@
 //! `cargo run`: Bluesky Backups on embedded defaults, every service in one process.
 //!
-//! The clock service exists and runs on its own (`cargo run -p clock-service`); the scheduler
-//! and backup worker arrive with their own issues. Until all three exist this binary says so.
+//! The clock service and the backup worker's CLI exist and run on their own
+//! (`cargo run -p clock-service`, `cargo run -p backup-worker -- once --account …`); the
+//! scheduler arrives with its own issue. Until it exists this binary says so.
 
 use std::process::ExitCode;
 
@@ -23,8 +24,10 @@ fn main() -> ExitCode {
     println!("The protocol core (`proto`: CAR, DAG-CBOR, did:key, dag-ucan 0.9.1, ucanto");
     println!("messages and receipts, Merkle clock, pail) is built and tested.");
     println!("The clock service runs on its own today: `cargo run -p clock-service`");
-    println!("(embedded redb in ./data). The scheduler and backup worker come in later");
-    println!("issues; this command will start all three on embedded stores once they exist.\n");
+    println!("(embedded redb in ./data), and so does a one-shot backup:");
+    println!("`cargo run -p backup-worker -- once --account <handle>` (a local Space in ./data).");
+    println!("The scheduler comes in a later issue; this command will start everything on");
+    println!("embedded stores once it exists.\n");
     match proto::principal::Ed25519Signer::generate() {
         Ok(key) => {
             println!("A fresh service identity, for example: {}", key.did());

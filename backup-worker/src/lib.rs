@@ -1,23 +1,30 @@
 //! The backup worker: one job = one verified, incremental backup of a Bluesky account (repo,
-//! blobs, preferences) from its PDS into a Storacha Space.
-//!
-//! The ATProto side is built: resolving who an account is and talking to its PDS. The backup
-//! itself (verification over the Space, the Backup DAG, the clock) and the CLI arrive next.
+//! blobs, preferences) from its PDS into a Storacha Space, recorded in the Space's Backup DAG
+//! and published by advancing the Space's Merkle clock. A library (the queue consumer wraps
+//! [`backup::Worker`]) and a one-shot CLI ([`cli`]: `once`, `list`, `export`, `verify`).
 //!
 //! # Layout
 //!
+//! - [`backup`]: one backup, step by step ([`backup::Worker::run`]): what is verified, what is
+//!   downloaded, what is written, in which order, and why a failure leaves nothing behind.
+//! - [`restore`]: reading backups back through the clock head: list, export (`repo.car` and
+//!   `blobs/<cid>`), re-verify.
+//! - [`staging`]: a backup's blocks on local disk until every check has passed.
+//! - [`space`]: the Space seam ([`space::SpaceStore`]) and [`space::LocalSpace`], a directory
+//!   standing in for a Storacha Space: blocks packed into CAR shards, written crash-safely.
+//! - [`clock`]: the Space's clock, embedded (the clock service's own logic over redb) or the
+//!   clock service over ucanto.
 //! - [`identity`]: handle → DID → DID document (PLC directory or `did:web`) → PDS endpoint and
 //!   `#atproto` signing key, with the endpoint checks a server calling user-supplied URLs needs.
 //! - [`xrpc`]: the XRPC client for `com.atproto.sync.*` (`getLatestCommit`, streaming
-//!   `getRepo` and `getBlob`, paged `listBlobs`), `resolveHandle` and `getPreferences`: a
-//!   per-host rate limiter honouring `RateLimit-*`, 429 and `Retry-After`, request counters,
-//!   and named errors with a retry/permanent [`xrpc::Disposition`].
+//!   `getRepo` and `getBlob`, paged `listBlobs`), `resolveHandle`, `createSession` and
+//!   `getPreferences`: a per-host rate limiter honouring `RateLimit-*`, 429 and `Retry-After`,
+//!   request counters, and named errors with a retry/permanent [`xrpc::Disposition`].
+//! - [`error`]: the crate's [`Error`], each with a name and a disposition for the queue.
+//! - [`cli`]: the `backup-worker` command.
 //!
-//! - [`space`]: the Space seam ([`space::SpaceStore`]) and [`space::LocalSpace`], a directory
-//!   standing in for a Storacha Space: blocks packed into CAR shards, written crash-safely.
-//!
-//! Verifying what the PDS sends (commit signatures, the MST walk, DID documents) is pure and
-//! lives in [`proto::repo`]; CAR parsing in [`proto::car`].
+//! Verifying what the PDS sends (commit signatures, the MST walk, DID documents), the Backup
+//! DAG, UnixFS and pail are pure and live in [`proto`]; CAR parsing in [`proto::car`].
 
 pub mod backup;
 pub mod cli;
