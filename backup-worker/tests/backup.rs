@@ -552,3 +552,115 @@ async fn racing_backups_of_one_account_both_reach_the_history() {
             .unwrap();
     }
 }
+
+/// The clock service (its library, in this process) over real Redis; the worker is an agent
+/// key holding a `clock/*` delegation from the Space, as a server worker would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_through_the_clock_service_over_ucanto() {
+    use clap::Parser as _;
+    use clock_service::client::{ClockClient, Invoker};
+    use proto::principal::Ed25519Signer;
+    use proto::ucan::{Capability, Delegation, Ucan};
+
+    let pds = Pds::shared();
+    let account = pds.create_account("remote").await;
+    account.post_text("over ucanto").await;
+
+    let service = Ed25519Signer::generate().unwrap();
+    let mut salt = [0u8; 8];
+    getrandom::fill(&mut salt).unwrap();
+    let store = format!(
+        "redis://127.0.0.1:6379/0#bw-test-{:016x}",
+        u64::from_le_bytes(salt)
+    );
+    let config = clock_service::Config::try_parse_from([
+        "clock-service",
+        "--store",
+        &store,
+        "--private-key",
+        &service.format(),
+    ])
+    .unwrap();
+    let app = clock_service::App::build(&config, service.clone())
+        .await
+        .expect("the clock service starts on Redis (scripts/test starts Redis)");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, admin, async {
+        let _ = stopped.await;
+    }));
+
+    let space = Ed25519Signer::generate().unwrap();
+    let agent = Ed25519Signer::generate().unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 3600;
+    let proof = Delegation::issue(
+        Ucan::builder(&space, agent.did())
+            .capability(Capability::new("clock/*", space.did()))
+            .expiration(exp),
+        &[],
+        &[],
+    )
+    .unwrap();
+    let clock = Clock::remote(
+        ClockClient::new(url, service.verifier()),
+        Invoker {
+            issuer: agent,
+            clock: space.did().to_owned(),
+            proofs: vec![proof],
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(LocalSpace::open(dir.path().join("space")).await.unwrap());
+    let xrpc = XrpcClient::new(XrpcConfig::default()).unwrap();
+    let identity = IdentityResolver::new(
+        xrpc.clone(),
+        IdentityConfig {
+            plc_url: Url::parse(&pds.plc_url).unwrap(),
+            handle_resolver: Some(Url::parse(&pds.url).unwrap()),
+            allow_insecure: true,
+        },
+    );
+    let mut settings = Settings::new(dir.path().join("staging"));
+    settings.pds_override = Some(Url::parse(&pds.url).unwrap());
+    let worker = Worker::new(xrpc, identity, local.clone(), clock.clone(), settings);
+    let job = Job {
+        account: account.did.clone(),
+        space: space.did().to_owned(),
+        key: "2026-11-04T00:00:00.000Z".to_owned(),
+        access_token: None,
+    };
+    let first = stored(worker.run(&job, &Progress::default()).await.unwrap());
+    assert_eq!(clock.head(space.did()).await.unwrap(), vec![first.event]);
+    account.post_text("again").await;
+    let second = stored(
+        worker
+            .run(
+                &Job {
+                    key: "2026-11-04T01:00:00.000Z".to_owned(),
+                    ..job.clone()
+                },
+                &Progress::default(),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(clock.head(space.did()).await.unwrap(), vec![second.event]);
+    let reader = Reader::new(local, clock, space.did());
+    let list = reader.list(Some(&account.did)).await.unwrap();
+    assert_eq!(list.len(), 2);
+    // A job for a Space the delegation does not cover is refused before anything is written.
+    let other = Job {
+        space: Ed25519Signer::generate().unwrap().did().to_owned(),
+        ..job
+    };
+    let err = worker.run(&other, &Progress::default()).await.unwrap_err();
+    assert_eq!(err.name(), "InvalidJob");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
