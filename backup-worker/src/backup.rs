@@ -34,13 +34,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cid::Cid;
 use futures_util::{StreamExt, TryStreamExt, stream};
+use proto::Block;
 use proto::backup::{self as dag, Backup, BackupRef};
 use proto::car::{CarError, CarLimits, CarReader};
 use proto::clock::{BlockGetter, StoreError};
 use proto::ipld::{RAW, SHA2_256};
 use proto::repo::{self, Commit, CommitError, MstLimits, MstVisit, PublicKey, WalkOptions};
 use proto::unixfs::FileEncoder;
-use proto::Block;
 use reqwest::Url;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
@@ -353,8 +353,7 @@ impl<S: SpaceStore> Worker<S> {
                         call: "getPreferences".into(),
                         source,
                     })?;
-                let block =
-                    Block::encode(&prefs).map_err(|e| Error::Preferences(e.to_string()))?;
+                let block = Block::encode(&prefs).map_err(|e| Error::Preferences(e.to_string()))?;
                 let cid = *block.cid();
                 stage(&staging, vec![block]).await?;
                 Some(cid)
@@ -395,7 +394,10 @@ impl<S: SpaceStore> Worker<S> {
                         Some(prev) if !deleted => dag::update_blobs(
                             &getter,
                             Some(&prev),
-                            entries.iter().filter(|(_, (_, new))| *new).map(|(b, (u, _))| (*b, *u)),
+                            entries
+                                .iter()
+                                .filter(|(_, (_, new))| *new)
+                                .map(|(b, (u, _))| (*b, *u)),
                         )?,
                         _ => dag::build_blobs(&getter, entries.iter().map(|(b, (u, _))| (*b, *u)))?,
                     }
@@ -424,8 +426,7 @@ impl<S: SpaceStore> Worker<S> {
         };
 
         // Into the Space, then the clock.
-        let (blocks_stored, bytes_stored, shards) =
-            self.store_staged(&staging, progress).await?;
+        let (blocks_stored, bytes_stored, shards) = self.store_staged(&staging, progress).await?;
         self.space.commit(&backup_cid, &shards).await?;
         drop(staging);
         let head = self.advance(&job.space, &event).await?;
@@ -474,8 +475,8 @@ impl<S: SpaceStore> Worker<S> {
                 extra: merge_blocks.iter().map(|b| (*b.cid(), b.clone())).collect(),
                 ..getter
             };
-            let at_key = dag::get_backup(&getter, &root, &did, BackupRef::Key(&key))?
-                .map(|(_, cid, _)| cid);
+            let at_key =
+                dag::get_backup(&getter, &root, &did, BackupRef::Key(&key))?.map(|(_, cid, _)| cid);
             let latest = dag::get_backup(&getter, &root, &did, BackupRef::Latest)?;
             Ok(State {
                 root: Some(root),
@@ -570,10 +571,8 @@ impl<S: SpaceStore> Worker<S> {
             pds: pds_text.clone(),
             reason: format!("the CAR does not hold its root {root}"),
         })?;
-        let commit = Commit::from_block(&commit_block).map_err(|source| Error::Commit {
-            cid: root,
-            source,
-        })?;
+        let commit = Commit::from_block(&commit_block)
+            .map_err(|source| Error::Commit { cid: root, source })?;
         if commit.did != ident.did {
             return Err(Error::Commit {
                 cid: root,
@@ -605,7 +604,6 @@ impl<S: SpaceStore> Worker<S> {
                 fetch_records: false,
             };
             let data = commit.data;
-            let root = root;
             blocking(move || {
                 let mut staging = lock(&staging);
                 let getter = Layered::new(&mut staging, &*space, &handle)?;
@@ -637,10 +635,7 @@ impl<S: SpaceStore> Worker<S> {
                                 reached.insert(*cid);
                             }
                             MstVisit::Record { key, cid, .. } => {
-                                if !handle
-                                    .block_on(space.has(cid))
-                                    .map_err(StoreError::new)?
-                                {
+                                if !handle.block_on(space.has(cid)).map_err(StoreError::new)? {
                                     missing_records.push(repo::MissingBlock {
                                         cid: *cid,
                                         kind: repo::BlockKind::Record,
@@ -854,9 +849,9 @@ impl<S: SpaceStore> Worker<S> {
                 fresh
                     .iter()
                     .map(|cid| {
-                        staging.get(cid)?.ok_or_else(|| {
-                            Error::Task(format!("staged block {cid} is gone"))
-                        })
+                        staging
+                            .get(cid)?
+                            .ok_or_else(|| Error::Task(format!("staged block {cid} is gone")))
                     })
                     .collect()
             })
@@ -957,7 +952,9 @@ fn repo_car_error(pds: &str, source: CarError) -> Error {
 }
 
 fn lock(staging: &Mutex<Staging>) -> MutexGuard<'_, Staging> {
-    staging.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    staging
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn stage(staging: &Arc<Mutex<Staging>>, blocks: Vec<Block>) -> Result<(), Error> {

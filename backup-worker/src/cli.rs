@@ -40,7 +40,12 @@ struct Common {
     #[arg(long, global = true, env = "BACKUP_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// PLC directory URL.
-    #[arg(long, global = true, env = "BACKUP_PLC_URL", default_value = "https://plc.directory")]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKUP_PLC_URL",
+        default_value = "https://plc.directory"
+    )]
     plc: Url,
     /// PDS endpoint, overriding the one in the account's DID document.
     #[arg(long, global = true, env = "BACKUP_PDS_URL")]
@@ -188,12 +193,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             };
             let access_token = match app_password {
                 Some(password) => {
-                    let ident = identity.resolve(&account).await.map_err(|source| {
-                        Error::Identity {
-                            account: account.clone(),
-                            source,
-                        }
-                    })?;
+                    let ident =
+                        identity
+                            .resolve(&account)
+                            .await
+                            .map_err(|source| Error::Identity {
+                                account: account.clone(),
+                                source,
+                            })?;
                     let pds = c.pds.clone().unwrap_or(ident.pds);
                     Some(
                         xrpc.create_session(&pds, &ident.did, &password)
@@ -285,7 +292,9 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             let (did, key) = match ident {
                 Ok(i) => (i.did, Some(i.signing_key)),
                 Err(e) if account.starts_with("did:") => {
-                    eprintln!("warning: cannot resolve {account} ({e}); the commit signature is not checked");
+                    eprintln!(
+                        "warning: cannot resolve {account} ({e}); the commit signature is not checked"
+                    );
                     (account, None)
                 }
                 Err(source) => return Err(Error::Identity { account, source }),

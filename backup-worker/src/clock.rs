@@ -25,25 +25,27 @@ pub enum Clock {
     /// The clock service's logic over a local store, in this process.
     Embedded(Clocks<AnyStore>),
     /// A clock service over ucanto.
-    Remote {
-        /// The service.
-        client: ClockClient,
-        /// Who invokes, on which clock, with which proofs.
-        invoker: Invoker,
-    },
+    Remote(Box<Remote>),
+}
+
+/// A clock service and who invokes it.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// The service.
+    pub client: ClockClient,
+    /// Who invokes, on which clock, with which proofs.
+    pub invoker: Invoker,
 }
 
 impl Clock {
     /// The embedded clock over the redb file at `path`.
     pub async fn embedded(path: &Path) -> Result<Self, Error> {
         let location = format!("redb:{}", path.display());
-        let store = AnyStore::open(&location)
-            .await
-            .map_err(|e| Error::Clock {
-                space: String::new(),
-                reason: format!("opening {}: {e}", path.display()),
-                retry: true,
-            })?;
+        let store = AnyStore::open(&location).await.map_err(|e| Error::Clock {
+            space: String::new(),
+            reason: format!("opening {}: {e}", path.display()),
+            retry: true,
+        })?;
         let mut registry = prometheus_client::registry::Registry::default();
         Ok(Self::Embedded(Clocks::new(
             store,
@@ -54,7 +56,7 @@ impl Clock {
 
     /// The clock service at `client`, invoked by `invoker`.
     pub fn remote(client: ClockClient, invoker: Invoker) -> Self {
-        Self::Remote { client, invoker }
+        Self::Remote(Box::new(Remote { client, invoker }))
     }
 
     /// The head of `space`'s clock.
@@ -65,7 +67,8 @@ impl Clock {
                 reason: e.to_string(),
                 retry: true,
             }),
-            Self::Remote { client, invoker } => {
+            Self::Remote(remote) => {
+                let Remote { client, invoker } = &**remote;
                 check_space(invoker, space)?;
                 client
                     .head(invoker)
@@ -86,7 +89,8 @@ impl Clock {
                     .await
                     .map_err(|e| advance_error(space, &e))
             }
-            Self::Remote { client, invoker } => {
+            Self::Remote(remote) => {
+                let Remote { client, invoker } = &**remote;
                 check_space(invoker, space)?;
                 client
                     .advance(invoker, event.cid(), std::slice::from_ref(event))

@@ -156,9 +156,7 @@ impl Error {
             Self::Pds { source, .. } => source.disposition(),
             Self::RepoCar { source, .. } => match source {
                 // Cut short: the connection dropped or the PDS died mid-stream.
-                CarError::Truncated { .. } | CarError::TruncatedHeader { .. } => {
-                    Disposition::Retry
-                }
+                CarError::Truncated { .. } | CarError::TruncatedHeader { .. } => Disposition::Retry,
                 CarError::Io { source, .. } => crate::xrpc::StreamReader::xrpc_error(source)
                     .map_or(Disposition::Retry, XrpcError::disposition),
                 _ => Disposition::Permanent,
@@ -173,9 +171,7 @@ impl Error {
                 }
             }
             Self::Space(SpaceError::Io { .. } | SpaceError::Task(_)) => Disposition::Retry,
-            Self::Clock { retry: true, .. } | Self::Io { .. } | Self::Task(_) => {
-                Disposition::Retry
-            }
+            Self::Clock { retry: true, .. } | Self::Io { .. } | Self::Task(_) => Disposition::Retry,
             // The Space failed to answer, or does not (yet) show a block a head reaches.
             Self::Dag(BackupError::Store { .. } | BackupError::MissingBlock { .. }) => {
                 Disposition::Retry

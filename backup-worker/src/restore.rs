@@ -280,7 +280,11 @@ fn size_backup<G: BlockGetter + ?Sized>(
         }
     };
     let commit_block = fetch(g, &backup.repo)?;
-    count(&backup.repo, commit_block.bytes().len() as u64, &mut reached);
+    count(
+        &backup.repo,
+        commit_block.bytes().len() as u64,
+        &mut reached,
+    );
     let commit = Commit::from_block(&commit_block).map_err(|source| Error::Commit {
         cid: backup.repo,
         source,
@@ -413,7 +417,9 @@ fn export_backup<G: BlockGetter + ?Sized>(
     }
     if let Some(prefs) = &backup.preferences {
         let block = fetch(g, prefs)?;
-        let value: ipld::Ipld = block.decode().map_err(|e| Error::Preferences(e.to_string()))?;
+        let value: ipld::Ipld = block
+            .decode()
+            .map_err(|e| Error::Preferences(e.to_string()))?;
         let json = ipld::encode_dag_json(&value).map_err(|e| Error::Preferences(e.to_string()))?;
         let path = out.join("preferences.json");
         fs::write(&path, &json).map_err(|e| Error::io("write", &path, e))?;
@@ -452,7 +458,12 @@ fn write_blob<G: BlockGetter + ?Sized>(
     drop(file);
     if hasher.finalize().as_slice() != blob.hash().digest() {
         let _ = fs::remove_file(&tmp);
-        return Err(blob_error("", key, blob, &"content does not hash to the blob CID"));
+        return Err(blob_error(
+            "",
+            key,
+            blob,
+            &"content does not hash to the blob CID",
+        ));
     }
     fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
     Ok(size)
@@ -513,10 +524,14 @@ fn verify_backup<G: BlockGetter + ?Sized>(
             blob_bytes += piece.len() as u64;
         }
         if hasher.finalize().as_slice() != blob.hash().digest() {
-            return Err(fail(format!("blob {blob}: content does not hash to its CID")));
+            return Err(fail(format!(
+                "blob {blob}: content does not hash to its CID"
+            )));
         }
         if root.codec() == RAW && root != blob {
-            return Err(fail(format!("blob {blob}: a one-block blob under another CID")));
+            return Err(fail(format!(
+                "blob {blob}: a one-block blob under another CID"
+            )));
         }
         blobs += 1;
     }

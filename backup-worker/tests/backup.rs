@@ -40,7 +40,9 @@ struct Setup {
 async fn setup(pds: &Pds) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let space = Arc::new(LocalSpace::open(dir.path().join("space")).await.unwrap());
-    let clock = Clock::embedded(&dir.path().join("clock.redb")).await.unwrap();
+    let clock = Clock::embedded(&dir.path().join("clock.redb"))
+        .await
+        .unwrap();
     let xrpc = XrpcClient::new(XrpcConfig::default()).unwrap();
     let identity = IdentityResolver::new(
         xrpc.clone(),
@@ -54,7 +56,13 @@ async fn setup(pds: &Pds) -> Setup {
     settings.pds_override = Some(Url::parse(&pds.url).unwrap());
     // Small shards, so that a backup spans several.
     settings.shard_size = 512 * 1024;
-    let worker = Worker::new(xrpc.clone(), identity, space.clone(), clock.clone(), settings);
+    let worker = Worker::new(
+        xrpc.clone(),
+        identity,
+        space.clone(),
+        clock.clone(),
+        settings,
+    );
     Setup {
         _dir: dir,
         space,
@@ -88,9 +96,11 @@ async fn pds_repo(xrpc: &XrpcClient, pds: &Pds, did: &str) -> (Cid, HashMap<Cid,
         .unwrap();
     let handle = tokio::runtime::Handle::current();
     let (root, blocks) = tokio::task::spawn_blocking(move || {
-        let mut car =
-            CarReader::new(StreamReader::new(download.body, handle), &CarLimits::default())
-                .unwrap();
+        let mut car = CarReader::new(
+            StreamReader::new(download.body, handle),
+            &CarLimits::default(),
+        )
+        .unwrap();
         let root = car.roots()[0];
         let blocks: HashMap<Cid, Block> = car
             .by_ref()
@@ -139,9 +149,10 @@ async fn pds_blobs(xrpc: &XrpcClient, pds: &Pds, did: &str) -> BTreeMap<String, 
     let http = reqwest::Client::new();
     let url = Url::parse(&pds.url).unwrap();
     let mut out = BTreeMap::new();
-    let cids: Vec<Cid> = futures_util::TryStreamExt::try_collect(xrpc.list_blobs(&url, did, None, 1000))
-        .await
-        .unwrap();
+    let cids: Vec<Cid> =
+        futures_util::TryStreamExt::try_collect(xrpc.list_blobs(&url, did, None, 1000))
+            .await
+            .unwrap();
     for cid in cids {
         let bytes = http
             .get(format!(
@@ -212,7 +223,9 @@ async fn populate(account: &Account) -> Vec<String> {
         blobs.push(account.add_file(pseudo_random(len, seed)).await.0);
     }
     account
-        .put_preferences(json!([{"$type": "app.bsky.actor.defs#adultContentPref", "enabled": false}]))
+        .put_preferences(
+            json!([{"$type": "app.bsky.actor.defs#adultContentPref", "enabled": false}]),
+        )
         .await;
     blobs
 }
@@ -229,7 +242,11 @@ async fn full_and_incremental_backups_export_what_the_pds_holds() {
     let first = stored(
         s.worker
             .run(
-                &job(&account.did, "2026-11-01T00:00:00.000Z", Some(&account.access_jwt)),
+                &job(
+                    &account.did,
+                    "2026-11-01T00:00:00.000Z",
+                    Some(&account.access_jwt),
+                ),
                 &progress,
             )
             .await
@@ -300,7 +317,10 @@ async fn full_and_incremental_backups_export_what_the_pds_holds() {
     let before_cids: HashSet<Cid> = s.space.cids().into_iter().collect();
     let second = stored(
         s.worker
-            .run(&job(&account.did, "2026-11-02T00:00:00.000Z", None), &progress)
+            .run(
+                &job(&account.did, "2026-11-02T00:00:00.000Z", None),
+                &progress,
+            )
             .await
             .unwrap(),
     );
@@ -313,8 +333,14 @@ async fn full_and_incremental_backups_export_what_the_pds_holds() {
         second.repo_blocks,
         first.repo_blocks
     );
-    assert!(second.subtrees_pruned > 0, "unchanged subtrees are not re-walked");
-    assert_eq!(second.blobs_downloaded, 1, "only the new blob is downloaded");
+    assert!(
+        second.subtrees_pruned > 0,
+        "unchanged subtrees are not re-walked"
+    );
+    assert_eq!(
+        second.blobs_downloaded, 1,
+        "only the new blob is downloaded"
+    );
     assert_eq!(second.blobs, 3);
     assert!(!second.preferences);
     // Only new blocks are stored, and all of them are counted: every new repo block the commit
@@ -328,11 +354,18 @@ async fn full_and_incremental_backups_export_what_the_pds_holds() {
         .filter(|c| !pds_blocks1.contains_key(c))
         .copied()
         .collect();
-    assert!(new_repo.is_subset(&gained), "every new repo block is stored");
+    assert!(
+        new_repo.is_subset(&gained),
+        "every new repo block is stored"
+    );
     assert!(gained.iter().all(|c| !pds_blocks1.contains_key(c)));
     let new_blob_cid: Cid = new_blob.parse().unwrap();
     let raw: Vec<&Cid> = gained.iter().filter(|c| c.codec() == 0x55).collect();
-    assert_eq!(raw, vec![&new_blob_cid], "the one new blob, nothing else raw");
+    assert_eq!(
+        raw,
+        vec![&new_blob_cid],
+        "the one new blob, nothing else raw"
+    );
     let dag_blocks = gained.len() - new_repo.len() - 1;
     assert!(
         dag_blocks < 40,
@@ -367,11 +400,18 @@ async fn full_and_incremental_backups_export_what_the_pds_holds() {
     let (roots, car_again) = read_car(&again.path().join("repo.car"));
     assert_eq!(roots, vec![commit1]);
     assert_eq!(car_again.len(), car1.len());
-    assert_eq!(exported_blobs(again.path()), blobs1, "the first backup keeps the dropped blob");
+    assert_eq!(
+        exported_blobs(again.path()),
+        blobs1,
+        "the first backup keeps the dropped blob"
+    );
     let deleted_record = records_of(&car_again)
         .into_iter()
         .any(|k| k == format!("app.bsky.feed.post/{deleted_rkey}"));
-    assert!(deleted_record, "the first backup still has the deleted post");
+    assert!(
+        deleted_record,
+        "the first backup still has the deleted post"
+    );
     assert!(
         !records_of(&car2)
             .into_iter()
@@ -400,7 +440,11 @@ async fn full_and_incremental_backups_export_what_the_pds_holds() {
     .unwrap();
     for key in ["2026-11-01T00:00:00.000Z", "2026-11-02T00:00:00.000Z"] {
         let v = reader
-            .verify(&account.did, BackupRef::Key(key), Some(ident.signing_key.clone()))
+            .verify(
+                &account.did,
+                BackupRef::Key(key),
+                Some(ident.signing_key.clone()),
+            )
             .await
             .unwrap();
         assert!(v.signature_checked);
@@ -441,7 +485,13 @@ async fn list_records(pds: &Pds, did: &str, collection: &str) -> Vec<(String, St
         .unwrap()
         .iter()
         .map(|r| {
-            let rkey = r["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+            let rkey = r["uri"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned();
             let blob = r["value"]["file"]["ref"]["$link"]
                 .as_str()
                 .unwrap_or_default()
@@ -461,7 +511,10 @@ async fn unchanged_account_costs_at_most_two_requests_and_redelivery_is_done() {
     let progress = Progress::default();
     let first = stored(
         s.worker
-            .run(&job(&account.did, "2026-11-01T00:00:00.000Z", None), &progress)
+            .run(
+                &job(&account.did, "2026-11-01T00:00:00.000Z", None),
+                &progress,
+            )
             .await
             .unwrap(),
     );
@@ -469,7 +522,10 @@ async fn unchanged_account_costs_at_most_two_requests_and_redelivery_is_done() {
     // By DID: one PDS request.
     match s
         .worker
-        .run(&job(&account.did, "2026-11-01T01:00:00.000Z", None), &progress)
+        .run(
+            &job(&account.did, "2026-11-01T01:00:00.000Z", None),
+            &progress,
+        )
         .await
         .unwrap()
     {
@@ -488,7 +544,10 @@ async fn unchanged_account_costs_at_most_two_requests_and_redelivery_is_done() {
     // By handle: resolving it is the second.
     match s
         .worker
-        .run(&job(&account.handle, "2026-11-01T02:00:00.000Z", None), &progress)
+        .run(
+            &job(&account.handle, "2026-11-01T02:00:00.000Z", None),
+            &progress,
+        )
         .await
         .unwrap()
     {
@@ -501,7 +560,10 @@ async fn unchanged_account_costs_at_most_two_requests_and_redelivery_is_done() {
     account.post_text("more").await;
     match s
         .worker
-        .run(&job(&account.did, "2026-11-01T00:00:00.000Z", None), &progress)
+        .run(
+            &job(&account.did, "2026-11-01T00:00:00.000Z", None),
+            &progress,
+        )
         .await
         .unwrap()
     {

@@ -9,15 +9,14 @@ use serde_json::json;
 use tests::pds::Pds;
 
 fn run(data: &Path, pds: &Pds, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_backup-worker"))
+    Command::new(env!("CARGO_BIN_EXE_backup-worker"))
         .args(args)
         .arg("--data-dir")
         .arg(data)
         .args(["--plc", &pds.plc_url, "--pds", &pds.url])
         .env_remove("BACKUP_APP_PASSWORD")
         .output()
-        .unwrap();
-    out
+        .unwrap()
 }
 
 fn text(out: &Output) -> String {
@@ -58,7 +57,9 @@ async fn once_list_export_verify() {
     assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), did);
     assert!(again.stderr.is_empty(), "the key is generated once");
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(data.join("space.key")).unwrap().permissions(),
+        &std::fs::metadata(data.join("space.key"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
 
@@ -76,9 +77,15 @@ async fn once_list_export_verify() {
             &account.password,
         ],
     ));
-    assert!(first.contains(&format!("backed up {}", account.did)), "{first}");
+    assert!(
+        first.contains(&format!("backed up {}", account.did)),
+        "{first}"
+    );
     assert!(first.contains("preferences: stored"), "{first}");
-    assert!(first.contains("blobs: 1 in the account, 1 downloaded"), "{first}");
+    assert!(
+        first.contains("blobs: 1 in the account, 1 downloaded"),
+        "{first}"
+    );
 
     // Unchanged: nothing recorded.
     let again = ok(run(&data, pds, &["once", "--account", &account.did]));
@@ -89,10 +96,19 @@ async fn once_list_export_verify() {
     let second = ok(run(
         &data,
         pds,
-        &["once", "--account", &account.did, "--key", "2026-11-05T11:00:00.000Z"],
+        &[
+            "once",
+            "--account",
+            &account.did,
+            "--key",
+            "2026-11-05T11:00:00.000Z",
+        ],
     ));
     assert!(second.contains("since rev"), "{second}");
-    assert!(second.contains("1 in the account, 0 downloaded"), "{second}");
+    assert!(
+        second.contains("1 in the account, 0 downloaded"),
+        "{second}"
+    );
 
     let list = ok(run(&data, pds, &["list", "--account", &account.handle]));
     let rows: Vec<&str> = list
@@ -100,7 +116,10 @@ async fn once_list_export_verify() {
         .filter(|l| l.starts_with("2026-11-05T"))
         .collect();
     assert_eq!(rows.len(), 2, "{list}");
-    assert!(rows[0].contains(" 13 ") || rows[0].contains(" 14 "), "{list}");
+    assert!(
+        rows[0].contains(" 13 ") || rows[0].contains(" 14 "),
+        "{list}"
+    );
 
     let out = dir.path().join("export");
     let export = ok(run(
@@ -132,11 +151,31 @@ async fn once_list_export_verify() {
     let missing = run(
         &data,
         pds,
-        &["export", "--account", &account.did, "--backup", "2020-01-01T00:00:00.000Z", "--out", out.to_str().unwrap()],
+        &[
+            "export",
+            "--account",
+            &account.did,
+            "--backup",
+            "2020-01-01T00:00:00.000Z",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
     assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
-    assert!(text(&missing).contains("NoSuchBackup"), "{}", text(&missing));
-    let unknown = run(&data, pds, &["once", "--account", "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"]);
+    assert!(
+        text(&missing).contains("NoSuchBackup"),
+        "{}",
+        text(&missing)
+    );
+    let unknown = run(
+        &data,
+        pds,
+        &["once", "--account", "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"],
+    );
     assert!(!unknown.status.success());
-    assert!(text(&unknown).contains("IdentityError"), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("IdentityError"),
+        "{}",
+        text(&unknown)
+    );
 }
