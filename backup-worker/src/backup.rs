@@ -45,6 +45,7 @@ use reqwest::Url;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
+use crate::cid_map::sha256_digest;
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::identity::{Identity, IdentityResolver};
@@ -611,7 +612,13 @@ impl<S: SpaceStore> Worker<S> {
                 let mut failure: Option<SpaceError> = None;
                 // Staged blocks the new commit reaches (the rest are intermediate commits'
                 // leftovers of a `since` download, not worth storing).
-                let mut reached: HashSet<Cid> = HashSet::from([root]);
+                let mut reached: HashSet<[u8; 32]> = HashSet::new();
+                let mut reach = |cid: &Cid| {
+                    if let Some(d) = sha256_digest(cid) {
+                        reached.insert(d);
+                    }
+                };
+                reach(&root);
                 let summary = repo::walk_mst_pruned(
                     &getter,
                     &data,
@@ -628,12 +635,8 @@ impl<S: SpaceStore> Worker<S> {
                     },
                     |visit| {
                         match visit {
-                            MstVisit::Node { cid, .. } => {
-                                reached.insert(*cid);
-                            }
-                            MstVisit::Record { cid, .. } if getter.staged(cid) => {
-                                reached.insert(*cid);
-                            }
+                            MstVisit::Node { cid, .. } => reach(cid),
+                            MstVisit::Record { cid, .. } if getter.staged(cid) => reach(cid),
                             MstVisit::Record { key, cid, .. } => {
                                 if !handle.block_on(space.has(cid)).map_err(StoreError::new)? {
                                     missing_records.push(repo::MissingBlock {
@@ -651,7 +654,7 @@ impl<S: SpaceStore> Worker<S> {
                     return Err(e.into());
                 }
                 drop(getter);
-                staging.retain(|cid| reached.contains(cid));
+                staging.retain(|cid| sha256_digest(cid).is_some_and(|d| reached.contains(&d)));
                 let mut missing = summary.missing.clone();
                 missing.extend(missing_records);
                 Ok((summary, missing))
@@ -829,13 +832,19 @@ impl<S: SpaceStore> Worker<S> {
         staging: &Arc<Mutex<Staging>>,
         progress: &Progress,
     ) -> Result<(u64, u64, Vec<ShardInfo>), Error> {
-        let cids: Vec<Cid> = lock(staging).cids().to_vec();
+        let total = lock(staging).len();
         let mut writer = ShardWriter::new(&*self.space, self.settings.shard_size);
         let (mut blocks, mut bytes) = (0u64, 0u64);
         // Read in batches off the async threads; the writer holds at most one shard.
-        for batch in cids.chunks(256) {
+        for start in (0..total).step_by(256) {
+            let batch: Vec<Cid> = {
+                let staging = lock(staging);
+                (start..(start + 256).min(total))
+                    .filter_map(|i| staging.cid_at(i))
+                    .collect()
+            };
             let mut fresh = Vec::with_capacity(batch.len());
-            for cid in batch {
+            for cid in &batch {
                 if !self.space.has(cid).await? {
                     fresh.push(*cid);
                 }

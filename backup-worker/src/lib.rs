@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+pub mod cid_map;
 pub mod cli;
 pub mod clock;
 pub mod error;

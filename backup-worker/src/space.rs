@@ -17,7 +17,7 @@
 //! returns only after every shard is durable, and the worker advances the clock only after that,
 //! so a clock head never points at blocks that are not all there.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -27,6 +27,9 @@ use std::sync::{Arc, RwLock};
 use cid::Cid;
 use proto::ipld::{self, CAR};
 use proto::{Block, car};
+use sha2::{Digest, Sha256};
+
+use crate::cid_map::CidMap;
 
 /// Default shard size: the Storacha client's (`SHARD_SIZE` in its upload client), so shards
 /// written locally and uploaded later look alike.
@@ -129,7 +132,7 @@ struct Location {
 #[derive(Debug, Default)]
 struct Index {
     shards: Vec<PathBuf>,
-    blocks: HashMap<Cid, Location>,
+    blocks: CidMap<Location>,
 }
 
 /// A directory standing in for a Storacha Space.
@@ -178,8 +181,7 @@ impl LocalSpace {
                 for (cid, offset, len) in read_index(&path)? {
                     index
                         .blocks
-                        .entry(cid)
-                        .or_insert(Location { shard, offset, len });
+                        .insert_if_absent(cid, Location { shard, offset, len });
                 }
                 index.shards.push(car_path);
             }
@@ -197,7 +199,7 @@ impl LocalSpace {
 
     /// Every block CID held, in no particular order.
     pub fn cids(&self) -> Vec<Cid> {
-        self.read().blocks.keys().copied().collect()
+        self.read().blocks.iter().map(|(cid, _)| cid).collect()
     }
 
     /// Number of blocks held.
@@ -230,8 +232,11 @@ impl LocalSpace {
             return Ok(None);
         };
         let roots = [*first.cid()];
-        let bytes = car::encode_car(&roots, fresh.iter());
-        let shard_cid = ipld::cid_sha256(CAR, &bytes);
+        // Written straight to a temporary file while hashing, so a shard is in memory once
+        // (the blocks), not twice (the blocks and their CAR).
+        let shards_dir = self.dir.join("shards");
+        let tmp = temp_path(&shards_dir.join("shard.car"))?;
+        let (shard_cid, car_len) = write_car(&tmp, &roots, &fresh)?;
         // Offsets of each block's data within the CAR, for reads without a scan.
         let mut offset = car::encoded_header_len(&roots) as u64;
         let mut entries = Vec::with_capacity(fresh.len());
@@ -241,11 +246,10 @@ impl LocalSpace {
             entries.push((*b.cid(), data_at, b.bytes().len() as u32));
             offset += section;
         }
-        let shards_dir = self.dir.join("shards");
         let car_path = shards_dir.join(format!("{shard_cid}.car"));
         let idx_path = shards_dir.join(format!("{shard_cid}.idx"));
         write_durably(&idx_path, &encode_index(&entries))?;
-        write_durably(&car_path, &bytes)?;
+        fs::rename(&tmp, &car_path).map_err(|e| SpaceError::io("rename", &car_path, e))?;
         sync_dir(&shards_dir)?;
         let mut index = self
             .index
@@ -256,13 +260,12 @@ impl LocalSpace {
         for (cid, offset, len) in entries {
             index
                 .blocks
-                .entry(cid)
-                .or_insert(Location { shard, offset, len });
+                .insert_if_absent(cid, Location { shard, offset, len });
         }
         Ok(Some(ShardInfo {
             cid: shard_cid,
             blocks: fresh.len(),
-            bytes: bytes.len() as u64,
+            bytes: car_len,
         }))
     }
 
@@ -372,16 +375,58 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| SpaceError::Task(e.to_string()))?
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SpaceError> {
-    // A name of its own: two writers of the same shard (identical bytes, racing backups) must
-    // not share a temporary file. Whichever rename lands last leaves the same content.
+/// A temporary name beside `path`, of its own: two writers of the same shard (identical bytes,
+/// racing backups) must not share a temporary file; whichever rename lands last leaves the same
+/// content. Swept on open (`*.tmp`).
+fn temp_path(path: &Path) -> Result<PathBuf, SpaceError> {
     let mut salt = [0u8; 8];
     getrandom::fill(&mut salt).map_err(|e| SpaceError::Task(e.to_string()))?;
-    let tmp = path.with_extension(format!(
+    Ok(path.with_extension(format!(
         "{}.{:016x}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or(""),
         u64::from_le_bytes(salt)
-    ));
+    )))
+}
+
+/// Writes a CAR of `blocks` to `path`, synced; returns its CID (codec CAR, sha2-256 of the
+/// bytes) and length.
+fn write_car(path: &Path, roots: &[Cid], blocks: &[Block]) -> Result<(Cid, u64), SpaceError> {
+    struct Hashing<W> {
+        inner: W,
+        hasher: Sha256,
+    }
+    impl<W: Write> Write for Hashing<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.hasher.update(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let io = |e| SpaceError::io("write", path, e);
+    let file = File::create(path).map_err(|e| SpaceError::io("create", path, e))?;
+    let out = Hashing {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+    };
+    let mut car = car::CarWriter::new(out, roots).map_err(io)?;
+    for b in blocks {
+        car.write_block(b).map_err(io)?;
+    }
+    let len = car.bytes_written();
+    let mut out = car.finish().map_err(io)?;
+    out.flush().map_err(io)?;
+    let digest: [u8; 32] = out.hasher.finalize().into();
+    let file = out.inner.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| SpaceError::io("sync", path, e))?;
+    Ok((crate::cid_map::sha256_cid(CAR, &digest), len))
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SpaceError> {
+    let tmp = temp_path(path)?;
     let mut f = File::create(&tmp).map_err(|e| SpaceError::io("create", &tmp, e))?;
     f.write_all(bytes)
         .map_err(|e| SpaceError::io("write", &tmp, e))?;

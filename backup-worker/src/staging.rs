@@ -20,6 +20,7 @@ use cid::Cid;
 use proto::Block;
 use proto::clock::{BlockGetter, StoreError};
 
+use crate::cid_map::{sha256_cid, sha256_digest};
 use crate::space::SpaceError;
 
 /// Suffix of spool files.
@@ -29,6 +30,7 @@ const SPOOL_SUFFIX: &str = ".spool";
 struct Entry {
     offset: u64,
     len: u32,
+    codec: u64,
 }
 
 /// The blocks of one backup in progress. Synchronous: use it from blocking threads.
@@ -41,8 +43,9 @@ pub struct Staging {
     end: u64,
     /// Bytes appended that may still sit in the write buffer.
     unflushed: bool,
-    index: HashMap<Cid, Entry>,
-    order: Vec<Cid>,
+    /// By sha2-256 digest (see [`crate::cid_map`]): every block staged is a CIDv1 sha2-256 one.
+    index: HashMap<[u8; 32], Entry>,
+    order: Vec<[u8; 32]>,
 }
 
 impl Staging {
@@ -89,9 +92,16 @@ impl Staging {
     }
 
     /// Appends a block (already hash-checked: [`Block`] guarantees it). A block already staged
-    /// is not written twice. Returns whether it was new here.
+    /// is not written twice. Returns whether it was new here. Only CIDv1 sha2-256 blocks are
+    /// staged (all that ATProto and our DAGs use); others are refused.
     pub fn put(&mut self, block: &Block) -> Result<bool, SpaceError> {
-        if self.index.contains_key(block.cid()) {
+        let Some(digest) = sha256_digest(block.cid()) else {
+            return Err(SpaceError::Corrupt {
+                shard: self.path.display().to_string(),
+                reason: format!("block {} is not a CIDv1 sha2-256 block", block.cid()),
+            });
+        };
+        if self.index.contains_key(&digest) {
             return Ok(false);
         }
         let len = u32::try_from(block.bytes().len()).map_err(|_| SpaceError::Corrupt {
@@ -102,13 +112,14 @@ impl Staging {
             .write_all(block.bytes())
             .map_err(|e| io("write", &self.path, e))?;
         self.index.insert(
-            *block.cid(),
+            digest,
             Entry {
                 offset: self.end,
                 len,
+                codec: block.cid().codec(),
             },
         );
-        self.order.push(*block.cid());
+        self.order.push(digest);
         self.end += u64::from(len);
         self.unflushed = true;
         Ok(true)
@@ -118,16 +129,20 @@ impl Staging {
     /// A `getRepo?since` download carries the blocks of every intermediate commit too; only
     /// those the new commit reaches are worth storing.
     pub fn retain(&mut self, mut keep: impl FnMut(&Cid) -> bool) {
-        self.order.retain(|cid| keep(cid));
-        if self.order.len() != self.index.len() {
-            let kept: std::collections::HashSet<&Cid> = self.order.iter().collect();
-            self.index.retain(|cid, _| kept.contains(cid));
-        }
+        let index = &mut self.index;
+        self.order.retain(|digest| {
+            let entry = index[digest];
+            let kept = keep(&sha256_cid(entry.codec, digest));
+            if !kept {
+                index.remove(digest);
+            }
+            kept
+        });
     }
 
     /// Whether the block is staged.
     pub fn contains(&self, cid: &Cid) -> bool {
-        self.index.contains_key(cid)
+        sha256_digest(cid).is_some_and(|d| self.index.contains_key(&d))
     }
 
     /// Blocks staged.
@@ -145,9 +160,18 @@ impl Staging {
         self.end
     }
 
-    /// Staged CIDs in the order they arrived.
-    pub fn cids(&self) -> &[Cid] {
-        &self.order
+    /// The `i`th staged CID, in the order they arrived.
+    pub fn cid_at(&self, i: usize) -> Option<Cid> {
+        let digest = self.order.get(i)?;
+        Some(sha256_cid(self.index[digest].codec, digest))
+    }
+
+    /// Staged CIDs in the order they arrived (for small stagings and tests; large ones page
+    /// with [`Staging::cid_at`]).
+    pub fn cids(&self) -> Vec<Cid> {
+        (0..self.order.len())
+            .filter_map(|i| self.cid_at(i))
+            .collect()
     }
 
     /// Makes every appended block readable.
@@ -163,7 +187,7 @@ impl Staging {
 
     /// A staged block, read back and hash-checked (after [`Staging::flush`]).
     pub fn get(&self, cid: &Cid) -> Result<Option<Block>, SpaceError> {
-        let Some(entry) = self.index.get(cid).copied() else {
+        let Some(entry) = sha256_digest(cid).and_then(|d| self.index.get(&d).copied()) else {
             return Ok(None);
         };
         let mut buf = vec![0u8; entry.len as usize];
@@ -225,18 +249,18 @@ mod tests {
         assert!(!staging.put(&a).unwrap(), "a block is staged once");
         assert_eq!(staging.len(), 2);
         assert_eq!(staging.bytes(), 100_005);
-        assert_eq!(staging.cids(), &[*a.cid(), *b.cid()]);
+        assert_eq!(staging.cids(), vec![*a.cid(), *b.cid()]);
         staging.flush().unwrap();
         assert_eq!(staging.get(b.cid()).unwrap().unwrap(), b);
         let c = Block::from_codec(RAW, b"gamma".to_vec());
         staging.put(&c).unwrap();
         staging.retain(|cid| cid != a.cid());
-        assert_eq!(staging.cids(), &[*b.cid(), *c.cid()]);
+        assert_eq!(staging.cids(), vec![*b.cid(), *c.cid()]);
         assert!(!staging.contains(a.cid()));
         staging.flush().unwrap();
         assert_eq!(staging.get(c.cid()).unwrap().unwrap(), c);
         staging.retain(|cid| cid != c.cid());
-        assert_eq!(staging.cids(), &[*b.cid()]);
+        assert_eq!(staging.cids(), vec![*b.cid()]);
         let missing = Block::from_codec(RAW, b"other".to_vec());
         assert!(staging.get(missing.cid()).unwrap().is_none());
         let path = staging.path.clone();
