@@ -585,7 +585,7 @@ impl<S: SpaceStore> Worker<S> {
         }
         let mut warnings = Vec::new();
         if let Err(source) = commit.verify_signature(&ident.signing_key) {
-            match self.former_key(&ident.did, &commit).await {
+            match self.former_key(&ident.did, &commit).await? {
                 Some(key) => warnings.push(format!(
                     "commit {root} is signed by {}, a key the account had before its current one ({}); the PDS has not re-signed the repo since the key rotation",
                     key.did_key(),
@@ -680,10 +680,14 @@ impl<S: SpaceStore> Worker<S> {
         })
     }
 
-    /// A key from the account's PLC history (not its current one) that signed `commit`.
-    async fn former_key(&self, did: &str, commit: &Commit) -> Option<PublicKey> {
+    /// A key from the account's PLC history (not its current one) that signed `commit`:
+    /// `Ok(None)` when no key the account ever had did (or it has no PLC history: did:web), an
+    /// error when the history cannot be read now (so the job is retried, not failed for good).
+    /// Operations a recovery nullified do not count: their keys were never rightfully the
+    /// account's.
+    async fn former_key(&self, did: &str, commit: &Commit) -> Result<Option<PublicKey>, Error> {
         if !did.starts_with("did:plc:") {
-            return None;
+            return Ok(None);
         }
         let mut url = self.identity.config().plc_url.clone();
         url.set_path(&format!(
@@ -692,13 +696,27 @@ impl<S: SpaceStore> Worker<S> {
         ));
         let log = match self.xrpc.get_json_url(url).await {
             Ok(log) => log,
-            Err(e) => {
-                tracing::warn!(%did, error = %e, "cannot read the PLC audit log");
-                return None;
+            Err(e) if e.status() == Some(404) => return Ok(None),
+            Err(source) => {
+                return Err(Error::PlcLog {
+                    did: did.to_owned(),
+                    source,
+                });
             }
         };
-        let entries = log.as_array()?;
-        entries.iter().find_map(|entry| {
+        let Some(entries) = log.as_array() else {
+            return Err(Error::PlcLog {
+                did: did.to_owned(),
+                source: XrpcError::InvalidResponse {
+                    url: self.identity.config().plc_url.to_string(),
+                    reason: "the audit log is not a list".into(),
+                },
+            });
+        };
+        Ok(entries.iter().find_map(|entry| {
+            if entry.get("nullified").and_then(serde_json::Value::as_bool) == Some(true) {
+                return None;
+            }
             let op = entry.get("operation")?;
             let key = op
                 .get("verificationMethods")
@@ -707,7 +725,7 @@ impl<S: SpaceStore> Worker<S> {
                 .as_str()?;
             let key = PublicKey::from_did_key(key).ok()?;
             commit.verify_signature(&key).ok().map(|()| key)
-        })
+        }))
     }
 
     /// Lists the account's blobs and downloads those the Space lacks.

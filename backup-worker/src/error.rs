@@ -60,6 +60,16 @@ pub enum Error {
         #[source]
         source: CommitError,
     },
+    /// The account's PLC history (needed to tell a rotated key from a forged signature) could
+    /// not be read.
+    #[error("reading the PLC audit log of {did}: {source}")]
+    PlcLog {
+        /// The account.
+        did: String,
+        /// The cause.
+        #[source]
+        source: XrpcError,
+    },
     /// The MST is malformed.
     #[error("repo structure: {0}")]
     Mst(#[from] MstError),
@@ -153,7 +163,7 @@ impl Error {
     pub fn disposition(&self) -> Disposition {
         match self {
             Self::Identity { source, .. } => source.disposition(),
-            Self::Pds { source, .. } => source.disposition(),
+            Self::Pds { source, .. } | Self::PlcLog { source, .. } => source.disposition(),
             Self::RepoCar { source, .. } => match source {
                 // Cut short: the connection dropped or the PDS died mid-stream.
                 CarError::Truncated { .. } | CarError::TruncatedHeader { .. } => Disposition::Retry,
@@ -188,6 +198,7 @@ impl Error {
             Self::RepoCar { .. } => "InvalidRepoCar",
             Self::RepoRoot { .. } => "InvalidRepoRoot",
             Self::Commit { .. } => "InvalidCommit",
+            Self::PlcLog { .. } => "PlcLogUnavailable",
             Self::Mst(_) => "InvalidMst",
             Self::IncompleteRepo { .. } => "IncompleteRepo",
             Self::BlobHashMismatch { .. } => "BlobHashMismatch",
