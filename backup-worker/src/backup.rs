@@ -317,144 +317,157 @@ impl<S: SpaceStore> Worker<S> {
             blocking(move || Ok(Staging::create(&staging_dir)?)).await?,
         ));
 
-        // The repo, incremental when possible; whole when the increment leaves a hole.
-        let since = state.latest.as_ref().map(|(_, _, b)| b.rev.clone());
-        let (repo, since) = match self
-            .fetch_repo(&pds, &ident, since.as_deref(), &staging, progress)
-            .await
-        {
-            Err(Error::IncompleteRepo { count, first, .. }) if since.is_some() => {
-                tracing::warn!(did = %ident.did, count, first = %first.cid, "incremental repo download left blocks missing; downloading the whole repo");
-                (
-                    self.fetch_repo(&pds, &ident, None, &staging, progress)
-                        .await?,
-                    None,
-                )
-            }
-            other => (other?, since),
-        };
-
-        // Blobs.
-        let previous_blobs = match &state.latest {
-            Some((_, _, prev)) => self.read_blob_map(prev.clone()).await?,
-            None => HashMap::new(),
-        };
-        let blobs = self
-            .fetch_blobs(&pds, &ident.did, &previous_blobs, &staging, progress)
-            .await?;
-
-        // Preferences.
-        let preferences = match &job.access_token {
-            Some(token) => {
-                let prefs = self
-                    .xrpc
-                    .get_preferences(&pds, token)
-                    .await
-                    .map_err(|source| Error::Pds {
-                        call: "getPreferences".into(),
-                        source,
-                    })?;
-                let block = Block::encode(&prefs).map_err(|e| Error::Preferences(e.to_string()))?;
-                let cid = *block.cid();
-                stage(&staging, vec![block]).await?;
-                Some(cid)
-            }
-            None => None,
-        };
-
-        // The Backup DAG.
-        let backup = Backup {
-            repo: repo.commit_cid,
-            rev: repo.commit.rev.clone(),
-            blobs: Cid::default(),
-            preferences,
-            created_at: dag::backup_key(now_millis())?,
-            pds: pds.as_str().trim_end_matches('/').to_owned(),
-            warnings: repo.warnings.clone(),
-        };
-        let (backup_cid, event) = {
-            let space = self.space.clone();
-            let staging = staging.clone();
-            let did = ident.did.clone();
-            let key = job.key.clone();
-            let head = head.clone();
-            let entries = blobs.entries.clone();
-            let deleted = blobs.deleted;
-            let previous = state.latest.as_ref().map(|(_, _, b)| b.blobs);
-            let root = state.root;
-            let merge_blocks = state.merge_blocks;
-            let handle = Handle::current();
-            blocking(move || {
-                let mut staging = lock(&staging);
-                for b in &merge_blocks {
-                    staging.put(b)?;
+        let result: Result<Outcome, Error> = async {
+            // The repo, incremental when possible; whole when the increment leaves a hole.
+            let since = state.latest.as_ref().map(|(_, _, b)| b.rev.clone());
+            let (repo, since) = match self
+                .fetch_repo(&pds, &ident, since.as_deref(), &staging, progress)
+                .await
+            {
+                Err(Error::IncompleteRepo { count, first, .. }) if since.is_some() => {
+                    tracing::warn!(did = %ident.did, count, first = %first.cid, "incremental repo download left blocks missing; downloading the whole repo");
+                    (
+                        self.fetch_repo(&pds, &ident, None, &staging, progress)
+                            .await?,
+                        None,
+                    )
                 }
-                let (blobs_root, blobs_blocks) = {
-                    let getter = Layered::new(&mut staging, &*space, &handle)?;
-                    match previous {
-                        Some(prev) if !deleted => dag::update_blobs(
-                            &getter,
-                            Some(&prev),
-                            entries
-                                .iter()
-                                .filter(|(_, (_, new))| *new)
-                                .map(|(b, (u, _))| (*b, *u)),
-                        )?,
-                        _ => dag::build_blobs(&getter, entries.iter().map(|(b, (u, _))| (*b, *u)))?,
+                other => (other?, since),
+            };
+
+            // Blobs.
+            let previous_blobs = match &state.latest {
+                Some((_, _, prev)) => self.read_blob_map(prev.clone()).await?,
+                None => HashMap::new(),
+            };
+            let blobs = self
+                .fetch_blobs(&pds, &ident.did, &previous_blobs, &staging, progress)
+                .await?;
+
+            // Preferences.
+            let preferences = match &job.access_token {
+                Some(token) => {
+                    let prefs = self
+                        .xrpc
+                        .get_preferences(&pds, token)
+                        .await
+                        .map_err(|source| Error::Pds {
+                            call: "getPreferences".into(),
+                            source,
+                        })?;
+                    let block = Block::encode(&prefs).map_err(|e| Error::Preferences(e.to_string()))?;
+                    let cid = *block.cid();
+                    stage(&staging, vec![block]).await?;
+                    Some(cid)
+                }
+                None => None,
+            };
+
+            // The Backup DAG.
+            let backup = Backup {
+                repo: repo.commit_cid,
+                rev: repo.commit.rev.clone(),
+                blobs: Cid::default(),
+                preferences,
+                created_at: dag::backup_key(now_millis())?,
+                pds: pds.as_str().trim_end_matches('/').to_owned(),
+                warnings: repo.warnings.clone(),
+            };
+            let (backup_cid, event) = {
+                let space = self.space.clone();
+                let staging = staging.clone();
+                let did = ident.did.clone();
+                let key = job.key.clone();
+                let head = head.clone();
+                let entries = blobs.entries.clone();
+                let deleted = blobs.deleted;
+                let previous = state.latest.as_ref().map(|(_, _, b)| b.blobs);
+                let root = state.root;
+                let merge_blocks = state.merge_blocks;
+                let handle = Handle::current();
+                blocking(move || {
+                    let mut staging = lock(&staging);
+                    for b in &merge_blocks {
+                        staging.put(b)?;
                     }
-                };
-                for b in &blobs_blocks {
-                    staging.put(b)?;
-                }
-                let backup = Backup {
-                    blobs: blobs_root,
-                    ..backup
-                };
-                let backup_cid = *backup.to_block()?.cid();
-                let (root, dag_blocks) = {
-                    let getter = Layered::new(&mut staging, &*space, &handle)?;
-                    dag::add_backup(&getter, root.as_ref(), &did, &key, &backup)?
-                };
-                for b in &dag_blocks {
-                    staging.put(b)?;
-                }
-                let event = dag::root_event(&root, &head)?;
-                staging.put(&event)?;
-                staging.flush()?;
-                Ok((backup_cid, event))
-            })
-            .await?
-        };
+                    let (blobs_root, blobs_blocks) = {
+                        let getter = Layered::new(&mut staging, &*space, &handle)?;
+                        match previous {
+                            Some(prev) if !deleted => dag::update_blobs(
+                                &getter,
+                                Some(&prev),
+                                entries
+                                    .iter()
+                                    .filter(|(_, (_, new))| *new)
+                                    .map(|(b, (u, _))| (*b, *u)),
+                            )?,
+                            _ => dag::build_blobs(&getter, entries.iter().map(|(b, (u, _))| (*b, *u)))?,
+                        }
+                    };
+                    for b in &blobs_blocks {
+                        staging.put(b)?;
+                    }
+                    let backup = Backup {
+                        blobs: blobs_root,
+                        ..backup
+                    };
+                    let backup_cid = *backup.to_block()?.cid();
+                    let (root, dag_blocks) = {
+                        let getter = Layered::new(&mut staging, &*space, &handle)?;
+                        dag::add_backup(&getter, root.as_ref(), &did, &key, &backup)?
+                    };
+                    for b in &dag_blocks {
+                        staging.put(b)?;
+                    }
+                    let event = dag::root_event(&root, &head)?;
+                    staging.put(&event)?;
+                    staging.flush()?;
+                    Ok((backup_cid, event))
+                })
+                .await?
+            };
 
-        // Into the Space, then the clock.
-        let (blocks_stored, bytes_stored, shards) = self.store_staged(&staging, progress).await?;
-        self.space.commit(&backup_cid, &shards).await?;
+            // Into the Space, then the clock.
+            let (blocks_stored, bytes_stored, shards) = self.store_staged(&staging, progress).await?;
+            self.space.commit(&backup_cid, &shards).await?;
+            let head = self.advance(&job.space, &event).await?;
+
+            Ok(Outcome::Stored(Box::new(Summary {
+                did: ident.did,
+                key: job.key.clone(),
+                backup: backup_cid,
+                commit: repo.commit_cid,
+                rev: repo.commit.rev,
+                event: *event.cid(),
+                head,
+                since,
+                repo_blocks: repo.blocks,
+                repo_bytes: repo.bytes,
+                records_walked: repo.records,
+                subtrees_pruned: repo.pruned,
+                blobs: blobs.entries.len() as u64,
+                blobs_downloaded: blobs.downloaded,
+                blob_bytes: blobs.bytes,
+                preferences: preferences.is_some(),
+                blocks_stored,
+                bytes_stored,
+                shards,
+                warnings: repo.warnings,
+                pds_requests: pds_requests(),
+            })))
+        }
+        .await;
+        // Downloads cancelled by a failure may still be finishing a staging write on a blocking
+        // thread, holding the staging (and so its spool file) a moment longer: wait for them, so
+        // that nothing of this job is left on disk when it returns.
+        for _ in 0..1000 {
+            if Arc::strong_count(&staging) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         drop(staging);
-        let head = self.advance(&job.space, &event).await?;
-
-        Ok(Outcome::Stored(Box::new(Summary {
-            did: ident.did,
-            key: job.key.clone(),
-            backup: backup_cid,
-            commit: repo.commit_cid,
-            rev: repo.commit.rev,
-            event: *event.cid(),
-            head,
-            since,
-            repo_blocks: repo.blocks,
-            repo_bytes: repo.bytes,
-            records_walked: repo.records,
-            subtrees_pruned: repo.pruned,
-            blobs: blobs.entries.len() as u64,
-            blobs_downloaded: blobs.downloaded,
-            blob_bytes: blobs.bytes,
-            preferences: preferences.is_some(),
-            blocks_stored,
-            bytes_stored,
-            shards,
-            warnings: repo.warnings,
-            pds_requests: pds_requests(),
-        })))
+        result
     }
 
     /// Reads the DAG behind `head`: the Root, the backup under `key`, the latest backup.
