@@ -57,6 +57,9 @@ use crate::xrpc::{LIST_BLOBS_MAX_LIMIT, StreamReader, XrpcClient, XrpcError, hos
 /// memory before it is stored), large enough that a typical backup is a few shards.
 pub const DEFAULT_WORKER_SHARD_SIZE: usize = 16 * 1024 * 1024;
 
+/// Most block data read back from staging at once when copying into the Space.
+const COPY_BATCH_BYTES: u64 = 2 * 1024 * 1024;
+
 /// How a worker runs backups.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -863,17 +866,17 @@ impl<S: SpaceStore> Worker<S> {
         staging: &Arc<Mutex<Staging>>,
         progress: &Progress,
     ) -> Result<(u64, u64, Vec<ShardInfo>), Error> {
-        let total = lock(staging).len();
         let mut writer = ShardWriter::new(&*self.space, self.settings.shard_size);
         let (mut blocks, mut bytes) = (0u64, 0u64);
-        // Read in batches off the async threads; the writer holds at most one shard.
-        for start in (0..total).step_by(256) {
-            let batch: Vec<Cid> = {
-                let staging = lock(staging);
-                (start..(start + 256).min(total))
-                    .filter_map(|i| staging.cid_at(i))
-                    .collect()
-            };
+        // Copied in batches of bounded size, read off the async threads; the writer holds at
+        // most one shard.
+        let mut next = 0;
+        loop {
+            let batch = lock(staging).batch(next, 256, COPY_BATCH_BYTES);
+            if batch.is_empty() {
+                break;
+            }
+            next += batch.len();
             let mut fresh = Vec::with_capacity(batch.len());
             for cid in &batch {
                 if !self.space.has(cid).await? {

@@ -166,8 +166,25 @@ impl Staging {
         Some(sha256_cid(self.index[digest].codec, digest))
     }
 
+    /// The staged CIDs from position `start` on, at most `max_blocks` of them and no more than
+    /// `max_bytes` of block data (but at least one): a batch to copy out without holding much
+    /// in memory. Empty past the end.
+    pub fn batch(&self, start: usize, max_blocks: usize, max_bytes: u64) -> Vec<Cid> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for digest in self.order.iter().skip(start).take(max_blocks) {
+            let entry = self.index[digest];
+            if !out.is_empty() && bytes + u64::from(entry.len) > max_bytes {
+                break;
+            }
+            bytes += u64::from(entry.len);
+            out.push(sha256_cid(entry.codec, digest));
+        }
+        out
+    }
+
     /// Staged CIDs in the order they arrived (for small stagings and tests; large ones page
-    /// with [`Staging::cid_at`]).
+    /// with [`Staging::batch`]).
     pub fn cids(&self) -> Vec<Cid> {
         (0..self.order.len())
             .filter_map(|i| self.cid_at(i))
@@ -250,6 +267,11 @@ mod tests {
         assert_eq!(staging.len(), 2);
         assert_eq!(staging.bytes(), 100_005);
         assert_eq!(staging.cids(), vec![*a.cid(), *b.cid()]);
+        assert_eq!(staging.batch(0, 10, 1), vec![*a.cid()], "at least one");
+        assert_eq!(staging.batch(0, 10, 100_005), vec![*a.cid(), *b.cid()]);
+        assert_eq!(staging.batch(0, 1, u64::MAX), vec![*a.cid()]);
+        assert_eq!(staging.batch(1, 10, 10), vec![*b.cid()]);
+        assert!(staging.batch(2, 10, 10).is_empty());
         staging.flush().unwrap();
         assert_eq!(staging.get(b.cid()).unwrap().unwrap(), b);
         let c = Block::from_codec(RAW, b"gamma".to_vec());
