@@ -26,7 +26,7 @@
 //! A failure before step 7 leaves the Space and the clock untouched; a failure in step 7 leaves
 //! only unreferenced, complete shards; the clock never names a block the Space lacks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,7 +45,6 @@ use reqwest::Url;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
-use crate::cid_map::sha256_digest;
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::identity::{Identity, IdentityResolver};
@@ -55,7 +54,7 @@ use crate::xrpc::{LIST_BLOBS_MAX_LIMIT, StreamReader, XrpcClient, XrpcError, hos
 
 /// Default shard size for the worker: small enough that memory stays flat (a shard is built in
 /// memory before it is stored), large enough that a typical backup is a few shards.
-pub const DEFAULT_WORKER_SHARD_SIZE: usize = 16 * 1024 * 1024;
+pub const DEFAULT_WORKER_SHARD_SIZE: usize = 4 * 1024 * 1024;
 
 /// Most block data read back from staging at once when copying into the Space.
 const COPY_BATCH_BYTES: u64 = 2 * 1024 * 1024;
@@ -628,10 +627,10 @@ impl<S: SpaceStore> Worker<S> {
                 let mut failure: Option<SpaceError> = None;
                 // Staged blocks the new commit reaches (the rest are intermediate commits'
                 // leftovers of a `since` download, not worth storing).
-                let mut reached: HashSet<[u8; 32]> = HashSet::new();
+                let mut reached = vec![false; getter.staging.len()];
                 let mut reach = |cid: &Cid| {
-                    if let Some(d) = sha256_digest(cid) {
-                        reached.insert(d);
+                    if let Some(i) = getter.staging.position(cid) {
+                        reached[i] = true;
                     }
                 };
                 reach(&root);
@@ -670,7 +669,7 @@ impl<S: SpaceStore> Worker<S> {
                     return Err(e.into());
                 }
                 drop(getter);
-                staging.retain(|cid| sha256_digest(cid).is_some_and(|d| reached.contains(&d)));
+                staging.retain_positions(&reached);
                 let mut missing = summary.missing.clone();
                 missing.extend(missing_records);
                 Ok((summary, missing))

@@ -272,7 +272,7 @@ impl LocalSpace {
     fn get_blocking(&self, cid: &Cid) -> Result<Option<Block>, SpaceError> {
         let (path, loc) = {
             let index = self.read();
-            let Some(loc) = index.blocks.get(cid).copied() else {
+            let Some(loc) = index.blocks.get(cid) else {
                 return Ok(None);
             };
             (index.shards[loc.shard].clone(), loc)

@@ -10,7 +10,6 @@
 //! The spool file is removed when the [`Staging`] is dropped, and stale ones left by a killed
 //! process are swept by [`Staging::sweep`].
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -20,7 +19,7 @@ use cid::Cid;
 use proto::Block;
 use proto::clock::{BlockGetter, StoreError};
 
-use crate::cid_map::{sha256_cid, sha256_digest};
+use crate::cid_map::{DigestIndex, sha256_cid, sha256_digest};
 use crate::space::SpaceError;
 
 /// Suffix of spool files.
@@ -30,6 +29,8 @@ const SPOOL_SUFFIX: &str = ".spool";
 struct Entry {
     offset: u64,
     len: u32,
+    /// Position in `order`.
+    pos: u32,
     codec: u64,
 }
 
@@ -44,7 +45,7 @@ pub struct Staging {
     /// Bytes appended that may still sit in the write buffer.
     unflushed: bool,
     /// By sha2-256 digest (see [`crate::cid_map`]): every block staged is a CIDv1 sha2-256 one.
-    index: HashMap<[u8; 32], Entry>,
+    index: DigestIndex<Entry>,
     order: Vec<[u8; 32]>,
 }
 
@@ -69,7 +70,7 @@ impl Staging {
             reader,
             end: 0,
             unflushed: false,
-            index: HashMap::new(),
+            index: DigestIndex::default(),
             order: Vec::new(),
         })
     }
@@ -111,11 +112,16 @@ impl Staging {
         self.writer
             .write_all(block.bytes())
             .map_err(|e| io("write", &self.path, e))?;
-        self.index.insert(
+        let pos = u32::try_from(self.order.len()).map_err(|_| SpaceError::Corrupt {
+            shard: self.path.display().to_string(),
+            reason: "more than 4 billion blocks staged".into(),
+        })?;
+        self.index.insert_if_absent(
             digest,
             Entry {
                 offset: self.end,
                 len,
+                pos,
                 codec: block.cid().codec(),
             },
         );
@@ -129,15 +135,33 @@ impl Staging {
     /// A `getRepo?since` download carries the blocks of every intermediate commit too; only
     /// those the new commit reaches are worth storing.
     pub fn retain(&mut self, mut keep: impl FnMut(&Cid) -> bool) {
-        let index = &mut self.index;
-        self.order.retain(|digest| {
-            let entry = index[digest];
-            let kept = keep(&sha256_cid(entry.codec, digest));
-            if !kept {
-                index.remove(digest);
-            }
+        let kept: Vec<bool> = (0..self.order.len())
+            .map(|i| self.cid_at(i).is_some_and(|cid| keep(&cid)))
+            .collect();
+        self.retain_positions(&kept);
+    }
+
+    /// Keeps the blocks whose position (in arrival order, see [`Staging::position`]) is `true`
+    /// in `keep` (positions past its end are dropped); a bit a block instead of a set of CIDs.
+    pub fn retain_positions(&mut self, keep: &[bool]) {
+        self.index
+            .retain(|_, entry| keep.get(entry.pos as usize).copied().unwrap_or(false));
+        let mut i = 0usize;
+        self.order.retain(|_| {
+            let kept = keep.get(i).copied().unwrap_or(false);
+            i += 1;
             kept
         });
+        for (pos, digest) in self.order.iter().enumerate() {
+            if let Some(entry) = self.index.get_mut(digest) {
+                entry.pos = pos as u32;
+            }
+        }
+    }
+
+    /// The block's position in arrival order, if staged.
+    pub fn position(&self, cid: &Cid) -> Option<usize> {
+        sha256_digest(cid).and_then(|d| self.index.get(&d).map(|e| e.pos as usize))
     }
 
     /// Whether the block is staged.
@@ -163,7 +187,7 @@ impl Staging {
     /// The `i`th staged CID, in the order they arrived.
     pub fn cid_at(&self, i: usize) -> Option<Cid> {
         let digest = self.order.get(i)?;
-        Some(sha256_cid(self.index[digest].codec, digest))
+        Some(sha256_cid(self.index.get(digest)?.codec, digest))
     }
 
     /// The staged CIDs from position `start` on, at most `max_blocks` of them and no more than
@@ -173,7 +197,9 @@ impl Staging {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         for digest in self.order.iter().skip(start).take(max_blocks) {
-            let entry = self.index[digest];
+            let Some(entry) = self.index.get(digest) else {
+                break;
+            };
             if !out.is_empty() && bytes + u64::from(entry.len) > max_bytes {
                 break;
             }
@@ -204,7 +230,7 @@ impl Staging {
 
     /// A staged block, read back and hash-checked (after [`Staging::flush`]).
     pub fn get(&self, cid: &Cid) -> Result<Option<Block>, SpaceError> {
-        let Some(entry) = sha256_digest(cid).and_then(|d| self.index.get(&d).copied()) else {
+        let Some(entry) = sha256_digest(cid).and_then(|d| self.index.get(&d)) else {
             return Ok(None);
         };
         let mut buf = vec![0u8; entry.len as usize];
