@@ -107,7 +107,7 @@ impl<V: Copy> DigestIndex<V> {
     /// place, into room made at the end (so the vector grows once, by exactly what is added).
     fn merge(&mut self) {
         let mut add: Vec<([u8; 32], V)> = self.recent.drain().collect();
-        add.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        add.sort_unstable_by_key(|e| e.0);
         let old = self.sorted.len();
         self.sorted.reserve_exact(add.len());
         self.sorted.extend_from_slice(&add);
