@@ -783,8 +783,10 @@ impl<S: SpaceStore> Worker<S> {
             if let Some(root) = previous.get(&cid) {
                 entries.insert(cid, (*root, false));
                 progress.blobs_done.fetch_add(1, Ordering::Relaxed);
-            } else if self.space.has(&cid).await? {
-                // A blob of one block is stored under its own CID.
+            } else if self.space.holds_locally(&cid) {
+                // A blob of one block is stored under its own CID (and a Space that has to be
+                // asked is not asked about every blob: the latest backup's map covers what
+                // earlier backups stored).
                 entries.insert(cid, (cid, true));
                 progress.blobs_done.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -866,7 +868,7 @@ impl<S: SpaceStore> Worker<S> {
         progress: &Progress,
     ) -> Result<(u64, u64, Vec<ShardInfo>), Error> {
         let mut writer = ShardWriter::new(&*self.space, self.settings.shard_size);
-        let (mut blocks, mut bytes) = (0u64, 0u64);
+        let mut bytes = 0u64;
         // Copied in batches of bounded size, read off the async threads; the writer holds at
         // most one shard.
         let mut next = 0;
@@ -876,12 +878,12 @@ impl<S: SpaceStore> Worker<S> {
                 break;
             }
             next += batch.len();
-            let mut fresh = Vec::with_capacity(batch.len());
-            for cid in &batch {
-                if !self.space.has(cid).await? {
-                    fresh.push(*cid);
-                }
-            }
+            // What the Space surely holds is skipped here; `put_shard` skips what else it
+            // knows, and the count of blocks stored comes from the shards it wrote.
+            let fresh: Vec<Cid> = batch
+                .into_iter()
+                .filter(|cid| !self.space.holds_locally(cid))
+                .collect();
             if fresh.is_empty() {
                 continue;
             }
@@ -899,13 +901,14 @@ impl<S: SpaceStore> Worker<S> {
             })
             .await?;
             for block in read {
-                blocks += 1;
                 bytes += block.bytes().len() as u64;
                 progress.blocks_stored.fetch_add(1, Ordering::Relaxed);
                 writer.add(block).await?;
             }
         }
-        Ok((blocks, bytes, writer.finish().await?))
+        let shards = writer.finish().await?;
+        let blocks = shards.iter().map(|s| s.blocks as u64).sum();
+        Ok((blocks, bytes, shards))
     }
 
     /// Advances the clock with `event`; when the head then holds other events too, merges

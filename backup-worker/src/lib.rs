@@ -12,6 +12,8 @@
 //! - [`staging`]: a backup's blocks on local disk until every check has passed.
 //! - [`space`]: the Space seam ([`space::SpaceStore`]) and [`space::LocalSpace`], a directory
 //!   standing in for a Storacha Space: blocks packed into CAR shards, written crash-safely.
+//! - [`storacha_space`]: a real Storacha Space behind the same seam, through the [`storacha`]
+//!   client (`space/blob/add` per shard; index, `space/index/add` and `upload/add` on commit).
 //! - [`clock`]: the Space's clock, embedded (the clock service's own logic over redb) or the
 //!   clock service over ucanto.
 //! - [`identity`]: handle → DID → DID document (PLC directory or `did:web`) → PDS endpoint and
@@ -39,6 +41,7 @@ pub mod identity;
 pub mod restore;
 pub mod space;
 pub mod staging;
+pub mod storacha_space;
 pub mod xrpc;
 
 pub use error::Error;

@@ -101,6 +101,12 @@ pub trait SpaceStore: Send + Sync + 'static {
     /// True when the Space holds the block.
     fn has(&self, cid: &Cid) -> impl Future<Output = Result<bool, SpaceError>> + Send;
 
+    /// Whether this process already knows the Space holds the block, without asking anyone
+    /// (`false` when unsure). Writers use it to skip what is surely there: storing a block twice
+    /// costs bytes, never correctness, while asking a remote Space about every block of a
+    /// backup would cost a request each.
+    fn holds_locally(&self, cid: &Cid) -> bool;
+
     /// The block, hash-checked, or `None`.
     fn get(&self, cid: &Cid) -> impl Future<Output = Result<Option<Block>, SpaceError>> + Send;
 
@@ -294,7 +300,11 @@ impl LocalSpace {
 
 impl SpaceStore for LocalSpace {
     async fn has(&self, cid: &Cid) -> Result<bool, SpaceError> {
-        Ok(self.read().blocks.contains_key(cid))
+        Ok(self.holds_locally(cid))
+    }
+
+    fn holds_locally(&self, cid: &Cid) -> bool {
+        self.read().blocks.contains_key(cid)
     }
 
     async fn get(&self, cid: &Cid) -> Result<Option<Block>, SpaceError> {

@@ -41,7 +41,8 @@ pub enum ProvisioningMode {
     /// The Space must be in the store's registry (added by the scheduler or `clock-service
     /// provision add`).
     Registry,
-    /// Ask the Storacha upload service (`space/info`); needs the Storacha client.
+    /// Ask the Storacha upload service (`space/info`), with the delegations in
+    /// `CLOCK_STORACHA_PROOFS`.
     Storacha,
 }
 
@@ -133,6 +134,25 @@ pub struct Config {
     /// How long a provisioning answer is cached (e.g. `300s`, `5m`).
     #[arg(long, env = "CLOCK_PROVISIONING_TTL", default_value = "300s", value_parser = parse_duration)]
     pub provisioning_ttl: Duration,
+
+    /// The upload service `CLOCK_PROVISIONING=storacha` asks.
+    #[arg(long, env = "CLOCK_STORACHA_URL", default_value = storacha::config::PRODUCTION_SERVICE_URL)]
+    pub storacha_url: String,
+
+    /// The upload service's DID (the audience of `space/info`).
+    #[arg(long, env = "CLOCK_STORACHA_DID", default_value = storacha::config::PRODUCTION_SERVICE_DID)]
+    pub storacha_did: String,
+
+    /// Delegations (text form, as `storacha delegation create --base64` prints),
+    /// comma-separated, granting this service's key (`clock-service did` prints it) `space/info`
+    /// on the Spaces it serves, for `CLOCK_PROVISIONING=storacha`.
+    #[arg(
+        long,
+        env = "CLOCK_STORACHA_PROOFS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub storacha_proofs: Vec<String>,
 
     /// Trusted `ucan/attest` authorities, comma-separated `did=did:key:…` pairs.
     #[arg(long, env = "CLOCK_AUTHORITIES", default_value = DEFAULT_AUTHORITIES, value_delimiter = ',', value_parser = parse_authority)]
@@ -295,6 +315,22 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_millis(250));
         assert_eq!(c.authorities.len(), 1);
         assert!(c.embedded_dir().is_none());
+    }
+
+    #[test]
+    fn storacha_provisioning_defaults_to_production() {
+        let c = Config::from_args_and_env(
+            Vec::<String>::new(),
+            &[
+                ("CLOCK_PROVISIONING", "storacha"),
+                ("CLOCK_STORACHA_PROOFS", "mAYIEAA,mAYIEAB"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.provisioning, ProvisioningMode::Storacha);
+        assert_eq!(c.storacha_url, "https://up.storacha.network");
+        assert_eq!(c.storacha_did, "did:web:up.storacha.network");
+        assert_eq!(c.storacha_proofs.len(), 2);
     }
 
     #[test]

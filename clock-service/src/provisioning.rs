@@ -4,12 +4,17 @@
 //!
 //! Modes: `off` (every Space passes — development), `registry` (the Space must be in the store's
 //! registry, which the scheduler fills when a user registers and `clock-service provision`
-//! manages by hand). The `storacha` mode (asking the upload service `space/info`) needs the
-//! Storacha client, which arrives with its own issue; the configuration refuses it until then.
+//! manages by hand), `storacha` (the upload service's `space/info` must name a provider). For
+//! `storacha` the service invokes `space/info` as its own key (`did:key`), with delegations on
+//! the Spaces granting it `space/info` (`CLOCK_STORACHA_PROOFS`); a Space with no such
+//! delegation cannot be checked, which is an error, not a "no".
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use proto::principal::Ed25519Signer;
+use proto::ucan::Delegation;
 
 use crate::metrics::{CacheLabels, CacheResult, Metrics, StoreOp};
 use crate::store::{AnyStore, ClockStore, StoreError};
@@ -18,10 +23,92 @@ use crate::store::{AnyStore, ClockStore, StoreError};
 /// whole cache if it is still full (a cheap bound against a flood of distinct DIDs).
 pub const MAX_CACHED_SPACES: usize = 100_000;
 
+/// Why a Space's provisioning could not be checked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvisioningError {
+    /// The registry could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No configured delegation grants this service `space/info` on the Space.
+    #[error("no delegation grants this service space/info on {space}")]
+    NoDelegation {
+        /// The Space.
+        space: String,
+    },
+    /// The upload service could not be asked, or refused.
+    #[error("space/info for {space}: {source}")]
+    Storacha {
+        /// The Space.
+        space: String,
+        /// The cause.
+        #[source]
+        source: storacha::Error,
+    },
+}
+
+/// Asks Storacha's upload service: `space/info` as the service's own key, with delegations on
+/// the Spaces.
+#[derive(Debug)]
+pub struct StorachaCheck {
+    client: storacha::Client,
+    signer: Ed25519Signer,
+    proofs: Vec<Delegation>,
+}
+
+impl StorachaCheck {
+    /// Invokes as `signer`'s `did:key` (the upload service resolves only keys) against the
+    /// service in `config`, with `proofs` (delegations to that key; those naming a Space are
+    /// used for it).
+    pub fn new(
+        config: storacha::Config,
+        signer: &Ed25519Signer,
+        proofs: Vec<Delegation>,
+    ) -> Result<Self, storacha::Error> {
+        let signer = signer
+            .clone()
+            .with_did(signer.key_did().to_string())
+            .map_err(|e| storacha::Error::Delegation(e.to_string()))?;
+        let client = storacha::Client::new(config, storacha::Agent::space_owner(signer.clone()))?;
+        Ok(Self {
+            client,
+            signer,
+            proofs,
+        })
+    }
+
+    async fn is_provisioned(&self, space: &str) -> Result<bool, ProvisioningError> {
+        let proofs: Vec<Delegation> = self
+            .proofs
+            .iter()
+            .filter(|d| {
+                d.ucan().audience() == self.signer.did()
+                    && d.ucan().capabilities().iter().any(|c| c.with == space)
+            })
+            .cloned()
+            .collect();
+        if proofs.is_empty() {
+            return Err(ProvisioningError::NoDelegation {
+                space: space.to_string(),
+            });
+        }
+        let agent = storacha::Agent::new(self.signer.clone(), space, proofs);
+        self.client
+            .for_agent(agent)
+            .is_provisioned()
+            .await
+            .map_err(|source| ProvisioningError::Storacha {
+                space: space.to_string(),
+                source,
+            })
+    }
+}
+
 #[derive(Debug)]
 enum Mode {
     Off,
     Registry(AnyStore),
+    Storacha(Box<StorachaCheck>),
 }
 
 /// The provisioning check with its cache. Cheap to clone.
@@ -44,6 +131,11 @@ impl Provisioning {
         Self::with_mode(Mode::Registry(store), ttl, metrics)
     }
 
+    /// The upload service's `space/info`, answers cached for `ttl`.
+    pub fn storacha(check: StorachaCheck, ttl: Duration, metrics: Metrics) -> Self {
+        Self::with_mode(Mode::Storacha(Box::new(check)), ttl, metrics)
+    }
+
     fn with_mode(mode: Mode, ttl: Duration, metrics: Metrics) -> Self {
         Self {
             mode: Arc::new(mode),
@@ -54,11 +146,10 @@ impl Provisioning {
     }
 
     /// Whether `space` may use the service.
-    pub async fn check(&self, space: &str) -> Result<bool, StoreError> {
-        let store = match &*self.mode {
-            Mode::Off => return Ok(true),
-            Mode::Registry(store) => store,
-        };
+    pub async fn check(&self, space: &str) -> Result<bool, ProvisioningError> {
+        if let Mode::Off = &*self.mode {
+            return Ok(true);
+        }
         let now = Instant::now();
         if let Some((answer, at)) = self.lock().get(space)
             && now.duration_since(*at) < self.ttl
@@ -67,10 +158,16 @@ impl Provisioning {
             return Ok(*answer);
         }
         self.count(CacheResult::miss);
-        let t = Instant::now();
-        let answer = store.is_provisioned(space).await;
-        self.metrics.store_op(StoreOp::is_provisioned, t);
-        let answer = answer?;
+        let answer = match &*self.mode {
+            Mode::Off => true,
+            Mode::Registry(store) => {
+                let t = Instant::now();
+                let answer = store.is_provisioned(space).await;
+                self.metrics.store_op(StoreOp::is_provisioned, t);
+                answer?
+            }
+            Mode::Storacha(check) => check.is_provisioned(space).await?,
+        };
         let mut cache = self.lock();
         if cache.len() >= MAX_CACHED_SPACES {
             let ttl = self.ttl;
@@ -101,5 +198,50 @@ impl Provisioning {
             .provisioning_cache
             .get_or_create(&CacheLabels { result })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::tests::storacha::LocalStoracha;
+    use prometheus_client::registry::Registry;
+    use proto::ucan::{Capability, Ucan};
+
+    #[tokio::test]
+    async fn storacha_mode_asks_space_info_and_caches_the_answer() {
+        let service = LocalStoracha::shared();
+        let clock_key = Ed25519Signer::generate()
+            .unwrap()
+            .with_did("did:web:clock.example.com")
+            .unwrap();
+        let space = Ed25519Signer::generate().unwrap();
+        let stranger = Ed25519Signer::generate().unwrap();
+        // The Space owner grants the clock's key space/info (to its did:key: the upload service
+        // cannot resolve our did:web).
+        let grant = Delegation::issue(
+            Ucan::builder(&space, clock_key.key_did())
+                .capability(Capability::new("space/info", space.did()))
+                .expiration(4_000_000_000),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let config = storacha::Config::for_service(&service.url, &service.did);
+        let check = StorachaCheck::new(config, &clock_key, vec![grant]).unwrap();
+        let metrics = Metrics::register(&mut Registry::default());
+        let provisioning = Provisioning::storacha(check, Duration::from_secs(3600), metrics);
+
+        assert!(!provisioning.check(space.did()).await.unwrap());
+        service.provision(space.did()).await;
+        // Cached within the TTL.
+        assert!(!provisioning.check(space.did()).await.unwrap());
+        provisioning.invalidate(space.did());
+        assert!(provisioning.check(space.did()).await.unwrap());
+        // A Space we hold no delegation for cannot be checked.
+        assert!(matches!(
+            provisioning.check(stranger.did()).await,
+            Err(ProvisioningError::NoDelegation { .. })
+        ));
     }
 }

@@ -19,6 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use proto::car::CarLimits;
 use proto::principal::{Ed25519Signer, Verifier};
+use proto::ucan::Delegation;
 use proto::validator::{BoundedSignatureCache, Validator};
 use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
@@ -30,7 +31,7 @@ use crate::error::Error;
 use crate::http::{Body, Ucanto, text};
 use crate::invocation::{AuthLayer, Handler, ProvisioningLayer};
 use crate::metrics::Metrics;
-use crate::provisioning::Provisioning;
+use crate::provisioning::{Provisioning, StorachaCheck};
 use crate::store::{AnyStore, ClockStore};
 
 /// The file beside an embedded store that keeps a generated service key.
@@ -200,11 +201,19 @@ impl App {
                 Provisioning::registry(store.clone(), config.provisioning_ttl, metrics.clone())
             }
             ProvisioningMode::Storacha => {
-                return Err(Error::Config(
-                    "CLOCK_PROVISIONING=storacha needs the Storacha client, which is not built \
-                     yet; use registry or off"
-                        .into(),
-                ));
+                let proofs = config
+                    .storacha_proofs
+                    .iter()
+                    .map(|text| {
+                        Delegation::parse_proof_text(text)
+                            .map_err(|e| Error::Config(format!("CLOCK_STORACHA_PROOFS: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let storacha =
+                    storacha::Config::for_service(&config.storacha_url, &config.storacha_did);
+                let check = StorachaCheck::new(storacha, &signer, proofs)
+                    .map_err(|e| Error::Config(format!("storacha provisioning: {e}")))?;
+                Provisioning::storacha(check, config.provisioning_ttl, metrics.clone())
             }
         };
         let clocks = Clocks::new(store.clone(), metrics.clone(), config.max_advance_reads);

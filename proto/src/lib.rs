@@ -25,6 +25,8 @@
 //!   content negotiation.
 //! - [`receipt`]: receipts (`ocm` + `sig`), signed and verified, with their effects.
 //! - [`capability`]: typed capabilities: `clock/*` and the Storacha ones the worker invokes.
+//! - [`blob_index`]: the sharded-DAG index (`index/sharded/dag@0.1`) an upload registers with
+//!   `space/index/add`: which CAR shards hold which blocks, at which offsets.
 //! - [`clock`]: Merkle clock events and pail's `advance` over an abstract block getter.
 //! - [`pail`]: pail ≥ 0.6 shards: encode, decode, `get`, `put`, `entries`.
 //! - [`unixfs`]: UnixFS file encoding with Storacha's settings (raw leaves, 1 MiB chunks,
@@ -34,6 +36,7 @@
 //! - [`repo`]: ATProto repositories: signed commits (k256/p256) and MST walks.
 
 pub mod backup;
+pub mod blob_index;
 pub mod capability;
 pub mod car;
 pub mod clock;

@@ -130,6 +130,8 @@ where
     }
 }
 
+pub mod storacha;
+
 pub mod pds {
     //! A real Bluesky PDS (`@atproto/pds`, pinned in `tests/pds`) and an in-memory PLC directory,
     //! in one Node process on loopback, for tests that must talk to the reference implementation.
