@@ -14,6 +14,7 @@ use clock_service::client::{ClockClient, Invoker};
 use indicatif::{ProgressBar, ProgressStyle};
 use proto::backup::{self as dag, BackupRef};
 use proto::principal::{Ed25519Signer, Verifier};
+use proto::ucan::Delegation;
 use reqwest::Url;
 
 use crate::backup::{Job, Outcome, Progress, Settings, Worker};
@@ -21,7 +22,8 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::identity::{IdentityConfig, IdentityResolver};
 use crate::restore::Reader;
-use crate::space::LocalSpace;
+use crate::space::{LocalSpace, SpaceStore};
+use crate::storacha_space::StorachaSpace;
 use crate::xrpc::{XrpcClient, XrpcConfig};
 
 /// Back up Bluesky accounts into a Space (a local directory standing in for a Storacha Space).
@@ -56,6 +58,13 @@ struct Common {
     /// The clock service's DID (did:key).
     #[arg(long, global = true, env = "BACKUP_CLOCK_DID")]
     clock_did: Option<String>,
+    /// Back up into a Storacha Space instead of the local directory: a file holding the
+    /// delegation from the Space to this worker's agent key (`backup-worker agent` prints its
+    /// DID), in the text form `storacha delegation create <DID> --base64` prints. The service
+    /// is Storacha's, or the one `STORACHA_SERVICE_URL`, `STORACHA_SERVICE_DID`,
+    /// `STORACHA_RECEIPTS_URL` and `STORACHA_GATEWAY_URL` name.
+    #[arg(long, global = true, env = "BACKUP_STORACHA_PROOF")]
+    storacha_proof: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,8 +115,11 @@ enum Command {
         #[arg(long, default_value = "latest")]
         backup: String,
     },
-    /// Print the Space DID (generating the Space key on first use).
+    /// Print the local Space's DID (generating its key on first use).
     Space,
+    /// Print the DID of this worker's agent key, the one a Storacha Space delegates to
+    /// (generating it on first use).
+    Agent,
 }
 
 /// Exit status for an error: 75 (EX_TEMPFAIL) when retrying can help, 1 otherwise.
@@ -122,11 +134,22 @@ pub fn exit_code(e: &Error) -> i32 {
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let c = &cli.common;
     std::fs::create_dir_all(&c.data_dir).map_err(|e| Error::io("create", &c.data_dir, e))?;
-    let signer = space_key(&c.data_dir.join("space.key"))?;
-    let space_did = signer.did().to_owned();
-    if let Command::Space = cli.command {
-        println!("{space_did}");
-        return Ok(());
+    match cli.command {
+        Command::Space => {
+            println!(
+                "{}",
+                key_file(&c.data_dir.join("space.key"), "Space")?.did()
+            );
+            return Ok(());
+        }
+        Command::Agent => {
+            println!(
+                "{}",
+                key_file(&c.data_dir.join("agent.key"), "agent")?.did()
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     // A local setup (PLC or PDS on loopback over http) is allowed plain http and .test handles.
     let insecure = [Some(&c.plc), c.pds.as_ref()]
@@ -145,7 +168,70 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             allow_insecure: insecure,
         },
     );
-    let space = Arc::new(LocalSpace::open(c.data_dir.join("space")).await?);
+    match &c.storacha_proof {
+        Some(path) => {
+            let agent_key = key_file(&c.data_dir.join("agent.key"), "agent")?;
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+            let invalid = |e: &dyn std::fmt::Display| {
+                Error::InvalidJob(format!("--storacha-proof {}: {e}", path.display()))
+            };
+            let proofs = vec![Delegation::parse_proof_text(&text).map_err(|e| invalid(&e))?];
+            let agent = storacha::Agent::from_proof_text(agent_key.clone(), &text)
+                .map_err(|e| invalid(&e))?;
+            let space_did = agent.space().to_owned();
+            let config = storacha::Config::from_vars(|k| std::env::var(k).ok());
+            let client = storacha::Client::new(config, agent).map_err(|e| invalid(&e))?;
+            let space = Arc::new(StorachaSpace::new(client));
+            let ctx = Context {
+                common: c,
+                space,
+                space_did,
+                signer: agent_key,
+                proofs,
+                xrpc,
+                identity,
+            };
+            run_with(cli.command, ctx).await
+        }
+        None => {
+            let signer = key_file(&c.data_dir.join("space.key"), "Space")?;
+            let space = Arc::new(LocalSpace::open(c.data_dir.join("space")).await?);
+            let ctx = Context {
+                common: c,
+                space,
+                space_did: signer.did().to_owned(),
+                signer,
+                proofs: Vec::new(),
+                xrpc,
+                identity,
+            };
+            run_with(cli.command, ctx).await
+        }
+    }
+}
+
+/// What every subcommand works with, whichever Space it is.
+struct Context<'a, S> {
+    common: &'a Common,
+    space: Arc<S>,
+    space_did: String,
+    /// The key invoking the clock service: the Space's own, or the agent's with `proofs`.
+    signer: Ed25519Signer,
+    proofs: Vec<Delegation>,
+    xrpc: XrpcClient,
+    identity: IdentityResolver,
+}
+
+async fn run_with<S: SpaceStore>(command: Command, ctx: Context<'_, S>) -> Result<(), Error> {
+    let Context {
+        common: c,
+        space,
+        space_did,
+        signer,
+        proofs,
+        xrpc,
+        identity,
+    } = ctx;
     let clock = match (&c.clock_url, &c.clock_did) {
         (Some(url), Some(did)) => {
             let service = Verifier::parse(did)
@@ -155,7 +241,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 Invoker {
                     issuer: signer.clone(),
                     clock: space_did.clone(),
-                    proofs: Vec::new(),
+                    proofs,
                 },
             )
         }
@@ -175,8 +261,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
     };
 
-    match cli.command {
-        Command::Space => Ok(()),
+    match command {
+        Command::Space | Command::Agent => Ok(()),
         Command::Once {
             account,
             key,
@@ -336,8 +422,8 @@ fn is_local(url: &Url) -> bool {
         )
 }
 
-/// Loads the Space key, generating it (mode 0600) on first use.
-fn space_key(path: &Path) -> Result<Ed25519Signer, Error> {
+/// Loads a key (the local Space's, or the agent's), generating it (mode 0600) on first use.
+fn key_file(path: &Path, what: &str) -> Result<Ed25519Signer, Error> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ed25519Signer::parse(text.trim())
             .map_err(|e| Error::InvalidJob(format!("{}: {e}", path.display()))),
@@ -346,7 +432,7 @@ fn space_key(path: &Path) -> Result<Ed25519Signer, Error> {
                 .map_err(|e| Error::InvalidJob(format!("generating a key: {e}")))?;
             write_private(path, &signer.format())?;
             eprintln!(
-                "generated a Space key in {}; the Space is {}",
+                "generated the {what} key in {}: {}",
                 path.display(),
                 signer.did()
             );

@@ -52,7 +52,7 @@ async fn once_list_export_verify() {
     assert!(space.status.success(), "{}", text(&space));
     let did = String::from_utf8(space.stdout).unwrap().trim().to_owned();
     assert!(did.starts_with("did:key:z6Mk"), "{did}");
-    assert!(String::from_utf8_lossy(&space.stderr).contains("generated a Space key"));
+    assert!(String::from_utf8_lossy(&space.stderr).contains("generated the Space key"));
     let again = run(&data, pds, &["space"]);
     assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), did);
     assert!(again.stderr.is_empty(), "the key is generated once");
@@ -178,4 +178,116 @@ async fn once_list_export_verify() {
         "{}",
         text(&unknown)
     );
+}
+
+/// The same commands against a real Storacha Space (Storacha's own upload service, run locally):
+/// the Space delegates to the worker's agent key the way the Storacha CLI does, and the worker
+/// finds the service through the `STORACHA_*` variables the Storacha CLI also reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_list_export_into_a_storacha_space() {
+    use proto::principal::Ed25519Signer;
+    use proto::ucan::{Capability, Delegation, Ucan};
+    use tests::storacha::{LocalStoracha, list_space};
+
+    let pds = Pds::shared();
+    let service = LocalStoracha::shared();
+    let account = pds.create_account("clistor").await;
+    for i in 0..8 {
+        account.post_text(&format!("cli to storacha {i}")).await;
+    }
+    let (blob, _) = account.add_file(vec![7u8; 1_100_000]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+
+    let agent = run(&data, pds, &["agent"]);
+    assert!(agent.status.success(), "{}", text(&agent));
+    let agent_did = String::from_utf8(agent.stdout).unwrap().trim().to_owned();
+    assert!(agent_did.starts_with("did:key:"), "{agent_did}");
+
+    // Space → the user's CLI agent → our agent, printed in the CLI's text form.
+    let space = Ed25519Signer::generate().unwrap();
+    let cli_agent = Ed25519Signer::generate().unwrap();
+    let mut owner = Ucan::builder(&space, cli_agent.did());
+    for can in ["space/*", "upload/*", "blob/*", "index/*"] {
+        owner = owner.capability(Capability::new(can, space.did()));
+    }
+    let owner = Delegation::issue(owner, &[], &[]).unwrap();
+    let mut grant = Ucan::builder(&cli_agent, agent_did.clone()).expiration(4_000_000_000);
+    for can in [
+        "space/blob/add",
+        "space/index/add",
+        "upload/add",
+        "space/info",
+        "upload/list",
+        "space/blob/list",
+    ] {
+        grant = grant.capability(Capability::new(can, space.did()));
+    }
+    let proof = Delegation::issue(grant, &[owner], &[])
+        .unwrap()
+        .to_proof_text()
+        .unwrap();
+    let proof_path = dir.path().join("proof.txt");
+    std::fs::write(&proof_path, &proof).unwrap();
+    service.provision(space.did()).await;
+
+    let storacha = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_backup-worker"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--plc", &pds.plc_url, "--pds", &pds.url])
+            .arg("--storacha-proof")
+            .arg(&proof_path)
+            .env("STORACHA_SERVICE_URL", &service.url)
+            .env("STORACHA_SERVICE_DID", &service.did)
+            .env("STORACHA_RECEIPTS_URL", service.receipts_url())
+            .env("STORACHA_GATEWAY_URL", &service.url)
+            .output()
+            .unwrap()
+    };
+    let once = ok(storacha(&[
+        "once",
+        "--account",
+        &account.did,
+        "--key",
+        "2026-11-06T00:00:00.000Z",
+    ]));
+    assert!(once.contains(&format!("space {}", space.did())), "{once}");
+    assert!(
+        once.contains("blobs: 1 in the account, 1 downloaded"),
+        "{once}"
+    );
+    let backup = once
+        .lines()
+        .find_map(|l| l.split("; backup ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no backup CID in {once}"))
+        .to_owned();
+
+    // The real JS client sees our upload.
+    let agent_key = std::fs::read_to_string(data.join("agent.key")).unwrap();
+    let listing = list_space(service, agent_key.trim(), &proof);
+    assert_eq!(listing.space, space.did());
+    assert!(
+        listing.uploads.iter().any(|(root, _)| *root == backup),
+        "{listing:?}"
+    );
+
+    let list = ok(storacha(&["list"]));
+    assert!(list.contains("2026-11-06T00:00:00.000Z"), "{list}");
+    let out = dir.path().join("export");
+    ok(storacha(&[
+        "export",
+        "--account",
+        &account.did,
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        std::fs::read(out.join("blobs").join(&blob)).unwrap(),
+        vec![7u8; 1_100_000]
+    );
+    let verify = ok(storacha(&["verify", "--account", &account.did]));
+    assert!(verify.contains("signature valid"), "{verify}");
 }
