@@ -9,6 +9,9 @@
 //! - an unchanged account costs one PDS request (two with a handle), a redelivered job is done;
 //! - two backups of one account racing on one clock both end up in the history, under one head.
 
+#[path = "support/common.rs"]
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,9 +21,10 @@ use backup_worker::clock::Clock;
 use backup_worker::identity::{IdentityConfig, IdentityResolver};
 use backup_worker::restore::Reader;
 use backup_worker::space::LocalSpace;
-use backup_worker::xrpc::{StreamReader, XrpcClient, XrpcConfig};
+use backup_worker::xrpc::{XrpcClient, XrpcConfig};
+use common::{pds_repo, pseudo_random, resolver};
 use proto::backup::BackupRef;
-use proto::car::{CarLimits, CarReader};
+use proto::car::CarLimits;
 use proto::repo::{Commit, MstVisit, WalkOptions};
 use proto::{Block, Cid};
 use reqwest::Url;
@@ -44,14 +48,7 @@ async fn setup(pds: &Pds) -> Setup {
         .await
         .unwrap();
     let xrpc = XrpcClient::new(XrpcConfig::default()).unwrap();
-    let identity = IdentityResolver::new(
-        xrpc.clone(),
-        IdentityConfig {
-            plc_url: Url::parse(&pds.plc_url).unwrap(),
-            handle_resolver: Some(Url::parse(&pds.url).unwrap()),
-            allow_insecure: true,
-        },
-    );
+    let identity = resolver(&xrpc, pds);
     let mut settings = Settings::new(dir.path().join("staging"));
     settings.pds_override = Some(Url::parse(&pds.url).unwrap());
     // Small shards, so that a backup spans several.
@@ -86,56 +83,6 @@ fn stored(outcome: Outcome) -> Summary {
         Outcome::Stored(s) => *s,
         other => panic!("expected a stored backup, got {other:?}"),
     }
-}
-
-/// The PDS's own view: its full `getRepo`, and the blocks reachable from its commit.
-async fn pds_repo(xrpc: &XrpcClient, pds: &Pds, did: &str) -> (Cid, HashMap<Cid, Block>) {
-    let download = xrpc
-        .get_repo(&Url::parse(&pds.url).unwrap(), did, None)
-        .await
-        .unwrap();
-    let handle = tokio::runtime::Handle::current();
-    let (root, blocks) = tokio::task::spawn_blocking(move || {
-        let mut car = CarReader::new(
-            StreamReader::new(download.body, handle),
-            &CarLimits::default(),
-        )
-        .unwrap();
-        let root = car.roots()[0];
-        let blocks: HashMap<Cid, Block> = car
-            .by_ref()
-            .map(|b| b.unwrap())
-            .map(|b| (*b.cid(), b))
-            .collect();
-        (root, blocks)
-    })
-    .await
-    .unwrap();
-    (root, reachable(&root, &blocks))
-}
-
-/// The commit, MST nodes and records reachable from `commit` in `blocks`.
-fn reachable(commit: &Cid, blocks: &HashMap<Cid, Block>) -> HashMap<Cid, Block> {
-    let mut out = HashMap::new();
-    let c = blocks[commit].clone();
-    let data = Commit::from_block(&c).unwrap().data;
-    out.insert(*commit, c);
-    let opts = WalkOptions {
-        fetch_records: true,
-        ..WalkOptions::default()
-    };
-    let walk = proto::repo::walk_mst(blocks, &data, &opts, |v| {
-        match v {
-            MstVisit::Node { block, .. } => out.insert(*block.cid(), block.clone()),
-            MstVisit::Record { block, .. } => {
-                out.insert(*block.unwrap().cid(), block.unwrap().clone())
-            }
-        };
-        Ok(())
-    })
-    .unwrap();
-    assert!(walk.is_complete());
-    out
 }
 
 fn read_car(path: &Path) -> (Vec<Cid>, HashMap<Cid, Block>) {
@@ -179,18 +126,6 @@ fn exported_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
                 e.file_name().to_string_lossy().into_owned(),
                 std::fs::read(e.path()).unwrap(),
             )
-        })
-        .collect()
-}
-
-fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
         })
         .collect()
 }
@@ -252,7 +187,7 @@ async fn full_and_incremental_backups_export_what_the_pds_holds() {
             .await
             .unwrap(),
     );
-    let (commit1, pds_blocks1) = pds_repo(&s.xrpc, pds, &account.did).await;
+    let (commit1, pds_blocks1) = pds_repo(pds, &account.did).await;
     assert_eq!(first.commit, commit1);
     assert_eq!(first.since, None);
     assert_eq!(first.blobs, 3);
@@ -324,7 +259,7 @@ async fn full_and_incremental_backups_export_what_the_pds_holds() {
             .await
             .unwrap(),
     );
-    let (commit2, pds_blocks2) = pds_repo(&s.xrpc, pds, &account.did).await;
+    let (commit2, pds_blocks2) = pds_repo(pds, &account.did).await;
     assert_eq!(second.commit, commit2);
     assert_eq!(second.since.as_deref(), Some(first.rev.as_str()));
     assert!(
@@ -680,14 +615,7 @@ async fn backups_through_the_clock_service_over_ucanto() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(LocalSpace::open(dir.path().join("space")).await.unwrap());
     let xrpc = XrpcClient::new(XrpcConfig::default()).unwrap();
-    let identity = IdentityResolver::new(
-        xrpc.clone(),
-        IdentityConfig {
-            plc_url: Url::parse(&pds.plc_url).unwrap(),
-            handle_resolver: Some(Url::parse(&pds.url).unwrap()),
-            allow_insecure: true,
-        },
-    );
+    let identity = resolver(&xrpc, pds);
     let mut settings = Settings::new(dir.path().join("staging"));
     settings.pds_override = Some(Url::parse(&pds.url).unwrap());
     let worker = Worker::new(xrpc, identity, local.clone(), clock.clone(), settings);

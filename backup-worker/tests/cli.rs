@@ -2,6 +2,9 @@
 //! (first, unchanged, with preferences), `list`, `export`, `verify`, and the exit status of a
 //! failure.
 
+#[path = "support/common.rs"]
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -185,8 +188,6 @@ async fn once_list_export_verify() {
 /// finds the service through the `STORACHA_*` variables the Storacha CLI also reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_list_export_into_a_storacha_space() {
-    use proto::principal::Ed25519Signer;
-    use proto::ucan::{Capability, Delegation, Ucan};
     use tests::storacha::{LocalStoracha, list_space};
 
     let pds = Pds::shared();
@@ -205,28 +206,8 @@ async fn once_list_export_into_a_storacha_space() {
     assert!(agent_did.starts_with("did:key:"), "{agent_did}");
 
     // Space → the user's CLI agent → our agent, printed in the CLI's text form.
-    let space = Ed25519Signer::generate().unwrap();
-    let cli_agent = Ed25519Signer::generate().unwrap();
-    let mut owner = Ucan::builder(&space, cli_agent.did());
-    for can in ["space/*", "upload/*", "blob/*", "index/*"] {
-        owner = owner.capability(Capability::new(can, space.did()));
-    }
-    let owner = Delegation::issue(owner, &[], &[]).unwrap();
-    let mut grant = Ucan::builder(&cli_agent, agent_did.clone()).expiration(4_000_000_000);
-    for can in [
-        "space/blob/add",
-        "space/index/add",
-        "upload/add",
-        "space/info",
-        "upload/list",
-        "space/blob/list",
-    ] {
-        grant = grant.capability(Capability::new(can, space.did()));
-    }
-    let proof = Delegation::issue(grant, &[owner], &[])
-        .unwrap()
-        .to_proof_text()
-        .unwrap();
+    let (space, proof) =
+        common::cli_delegation(&agent_did, &common::WORKER_ABILITIES, common::in_an_hour());
     let proof_path = dir.path().join("proof.txt");
     std::fs::write(&proof_path, &proof).unwrap();
     service.provision(space.did()).await;

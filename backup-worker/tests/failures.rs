@@ -23,6 +23,8 @@
 //! (its commit is `InvalidCommit`); an audit log that cannot be read must not turn a rotated
 //! key into a permanent failure.
 
+#[path = "support/common.rs"]
+mod common;
 #[path = "support/proxy.rs"]
 mod proxy;
 
@@ -37,6 +39,7 @@ use backup_worker::identity::{IdentityConfig, IdentityResolver};
 use backup_worker::restore::Reader;
 use backup_worker::space::LocalSpace;
 use backup_worker::xrpc::{Disposition, XrpcClient, XrpcConfig, XrpcError};
+use common::pseudo_random;
 use proto::Cid;
 use proto::backup::BackupRef;
 use proto::car::{CarLimits, decode_car, encode_car};
@@ -215,18 +218,6 @@ async fn expect_success(s: &Setup, job: &Job, pds: &Pds) -> Summary {
         .await
         .unwrap();
     summary
-}
-
-fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// An account with posts (one carrying `marker` in its text), a small blob and one above

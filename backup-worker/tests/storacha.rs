@@ -10,35 +10,27 @@
 //! - an unchanged account uploads nothing; a changed one uploads only the increment;
 //! - an unprovisioned Space is a named, permanent error and the clock does not move.
 
-use std::collections::{HashMap, HashSet};
+#[path = "support/common.rs"]
+mod common;
+
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backup_worker::backup::{Job, Outcome, Progress, Settings, Summary, Worker};
 use backup_worker::clock::Clock;
-use backup_worker::identity::{IdentityConfig, IdentityResolver};
 use backup_worker::restore::Reader;
 use backup_worker::storacha_space::StorachaSpace;
-use backup_worker::xrpc::{Disposition, StreamReader, XrpcClient, XrpcConfig};
+use backup_worker::xrpc::{Disposition, XrpcClient, XrpcConfig};
+use common::{WORKER_ABILITIES, cli_delegation, in_an_hour, pds_repo, pseudo_random, resolver};
+use proto::Cid;
 use proto::backup::BackupRef;
-use proto::car::{CarLimits, CarReader};
+use proto::car::CarLimits;
 use proto::principal::Ed25519Signer;
-use proto::repo::{Commit, MstVisit, WalkOptions};
-use proto::ucan::{Capability, Delegation, Ucan};
-use proto::{Block, Cid};
 use reqwest::Url;
 use tests::pds::Pds;
 use tests::storacha::{LocalStoracha, list_space};
-
-const WORKER_ABILITIES: [&str; 6] = [
-    "space/blob/add",
-    "space/index/add",
-    "upload/add",
-    "space/info",
-    "upload/list",
-    "space/blob/list",
-];
 
 /// A Space the test owns and a worker key holding, through the CLI's agent, a delegation on it.
 struct Grant {
@@ -48,28 +40,12 @@ struct Grant {
 }
 
 fn grant() -> Grant {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + 3600;
-    let space = Ed25519Signer::generate().unwrap();
-    let cli_agent = Ed25519Signer::generate().unwrap();
     let worker = Ed25519Signer::generate().unwrap();
-    let mut owner = Ucan::builder(&space, cli_agent.did());
-    for can in ["space/*", "upload/*", "blob/*", "index/*"] {
-        owner = owner.capability(Capability::new(can, space.did()));
-    }
-    let owner = Delegation::issue(owner, &[], &[]).unwrap();
-    let mut to_worker = Ucan::builder(&cli_agent, worker.did()).expiration(exp);
-    for can in WORKER_ABILITIES {
-        to_worker = to_worker.capability(Capability::new(can, space.did()));
-    }
-    let to_worker = Delegation::issue(to_worker, &[owner], &[]).unwrap();
+    let (space, proof_text) = cli_delegation(worker.did(), &WORKER_ABILITIES, in_an_hour());
     Grant {
         space,
         worker,
-        proof_text: to_worker.to_proof_text().unwrap(),
+        proof_text,
     }
 }
 
@@ -90,14 +66,7 @@ fn worker(
     staging: &Path,
 ) -> Worker<StorachaSpace> {
     let xrpc = XrpcClient::new(XrpcConfig::default()).unwrap();
-    let identity = IdentityResolver::new(
-        xrpc.clone(),
-        IdentityConfig {
-            plc_url: Url::parse(&pds.plc_url).unwrap(),
-            handle_resolver: Some(Url::parse(&pds.url).unwrap()),
-            allow_insecure: true,
-        },
-    );
+    let identity = resolver(&xrpc, pds);
     let mut settings = Settings::new(staging);
     settings.pds_override = Some(Url::parse(&pds.url).unwrap());
     // Small shards: a backup spans several blobs in the Space.
@@ -110,57 +79,6 @@ fn stored(outcome: Outcome) -> Summary {
         Outcome::Stored(s) => *s,
         other => panic!("expected a stored backup, got {other:?}"),
     }
-}
-
-/// The blocks the PDS's current commit reaches (its own `getRepo`).
-async fn pds_repo(pds: &Pds, did: &str) -> (Cid, HashSet<Cid>) {
-    let xrpc = XrpcClient::new(XrpcConfig::default()).unwrap();
-    let download = xrpc
-        .get_repo(&Url::parse(&pds.url).unwrap(), did, None)
-        .await
-        .unwrap();
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let mut car = CarReader::new(
-            StreamReader::new(download.body, handle),
-            &CarLimits::default(),
-        )
-        .unwrap();
-        let root = car.roots()[0];
-        let blocks: HashMap<Cid, Block> = car
-            .by_ref()
-            .map(|b| b.unwrap())
-            .map(|b| (*b.cid(), b))
-            .collect();
-        let data = Commit::from_block(&blocks[&root]).unwrap().data;
-        let mut reached = HashSet::from([root]);
-        let opts = WalkOptions {
-            fetch_records: true,
-            ..WalkOptions::default()
-        };
-        proto::repo::walk_mst(&blocks, &data, &opts, |v| {
-            match v {
-                MstVisit::Node { cid, .. } | MstVisit::Record { cid, .. } => reached.insert(*cid),
-            };
-            Ok(())
-        })
-        .unwrap();
-        (root, reached)
-    })
-    .await
-    .unwrap()
-}
-
-fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
-    let mut x: u32 = 0x2545_f491 ^ u32::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,6 +136,7 @@ async fn a_pds_account_is_backed_up_into_a_real_storacha_space() {
         .await
         .unwrap();
     let (commit, reached) = pds_repo(pds, &account.did).await;
+    let reached: HashSet<Cid> = reached.into_keys().collect();
     assert_eq!(export.commit, commit);
     let car = std::fs::read(out.path().join("repo.car")).unwrap();
     let (roots, blocks) = proto::car::decode_car(&car, &CarLimits::default()).unwrap();
