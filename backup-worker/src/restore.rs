@@ -260,6 +260,22 @@ fn fetch<G: BlockGetter + ?Sized>(g: &G, cid: &Cid) -> Result<Block, Error> {
     }
 }
 
+/// A walk of the whole MST that fetches (and so hash-checks) every record too.
+const FULL_WALK: WalkOptions = WalkOptions {
+    limits: proto::repo::MstLimits::DEFAULT,
+    fetch_records: true,
+};
+
+/// A backup's commit block, decoded.
+fn load_commit<G: BlockGetter + ?Sized>(g: &G, backup: &Backup) -> Result<(Block, Commit), Error> {
+    let block = fetch(g, &backup.repo)?;
+    let commit = Commit::from_block(&block).map_err(|source| Error::Commit {
+        cid: backup.repo,
+        source,
+    })?;
+    Ok((block, commit))
+}
+
 /// Sizes one backup; returns the listing and the set of CIDs it reaches.
 fn size_backup<G: BlockGetter + ?Sized>(
     g: &G,
@@ -279,22 +295,14 @@ fn size_backup<G: BlockGetter + ?Sized>(
             }
         }
     };
-    let commit_block = fetch(g, &backup.repo)?;
+    let (commit_block, commit) = load_commit(g, backup)?;
     count(
         &backup.repo,
         commit_block.bytes().len() as u64,
         &mut reached,
     );
-    let commit = Commit::from_block(&commit_block).map_err(|source| Error::Commit {
-        cid: backup.repo,
-        source,
-    })?;
-    let opts = WalkOptions {
-        fetch_records: true,
-        ..WalkOptions::default()
-    };
     let mut sizes: Vec<(Cid, u64)> = Vec::new();
-    let walk = repo::walk_mst(g, &commit.data, &opts, |v| {
+    let walk = repo::walk_mst(g, &commit.data, &FULL_WALK, |v| {
         match v {
             MstVisit::Node { cid, block, .. } => sizes.push((*cid, block.bytes().len() as u64)),
             MstVisit::Record { cid, block, .. } => {
@@ -356,21 +364,13 @@ fn export_backup<G: BlockGetter + ?Sized>(
     let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let mut car = CarWriter::new(BufWriter::new(file), &[backup.repo])
         .map_err(|e| Error::io("write", &tmp, e))?;
-    let commit_block = fetch(g, &backup.repo)?;
+    let (commit_block, commit) = load_commit(g, backup)?;
     car.write_block(&commit_block)
         .map_err(|e| Error::io("write", &tmp, e))?;
-    let commit = Commit::from_block(&commit_block).map_err(|source| Error::Commit {
-        cid: backup.repo,
-        source,
-    })?;
-    let opts = WalkOptions {
-        fetch_records: true,
-        ..WalkOptions::default()
-    };
     let mut blocks = 1u64;
     let mut written: HashSet<Cid> = HashSet::from([backup.repo]);
     let mut write_error = None;
-    let walk = repo::walk_mst(g, &commit.data, &opts, |v| {
+    let walk = repo::walk_mst(g, &commit.data, &FULL_WALK, |v| {
         let block = match v {
             MstVisit::Node { block, .. } => Some(block),
             MstVisit::Record { block, .. } => block,
@@ -501,11 +501,7 @@ fn verify_backup<G: BlockGetter + ?Sized>(
         },
         None => false,
     };
-    let opts = WalkOptions {
-        fetch_records: true,
-        ..WalkOptions::default()
-    };
-    let walk = repo::walk_mst(g, &commit.data, &opts, |_| Ok(()))?;
+    let walk = repo::walk_mst(g, &commit.data, &FULL_WALK, |_| Ok(()))?;
     if let Some(first) = walk.missing.first() {
         return Err(fail(format!(
             "{} block(s) of the repo are missing from the Space (first: {} {:?})",
