@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use cid::Cid;
 use proto::capability::{CLOCK_ADVANCE, CLOCK_HEAD, ClockAdvance};
-use proto::ucan::Delegation;
+use proto::ucan::{Delegation, Proof};
 use proto::validator::{Authorization, Failure, Validator, parsers};
 use proto::{Block, Ipld};
 use tower::{Layer, Service};
@@ -235,7 +235,19 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let provisioning = self.layer.provisioning.clone();
         Box::pin(async move {
-            match provisioning.check(req.with()).await {
+            // Delegations the client sent along (extra proofs), e.g. `space/info` granted to
+            // this service for the `storacha` provisioning mode.
+            let attached: Vec<Delegation> = req
+                .invocation
+                .delegation
+                .proofs()
+                .into_iter()
+                .filter_map(|p| match p {
+                    Proof::Delegation(d) => Some(d),
+                    _ => None,
+                })
+                .collect();
+            match provisioning.check_with(req.with(), &attached).await {
                 Ok(true) => inner.call(req).await,
                 Ok(false) => Ok(Outcome::error(
                     "SpaceUnprovisioned",

@@ -5,9 +5,10 @@
 //! Modes: `off` (every Space passes — development), `registry` (the Space must be in the store's
 //! registry, which the scheduler fills when a user registers and `clock-service provision`
 //! manages by hand), `storacha` (the upload service's `space/info` must name a provider). For
-//! `storacha` the service invokes `space/info` as its own key (`did:key`), with delegations on
-//! the Spaces granting it `space/info` (`CLOCK_STORACHA_PROOFS`); a Space with no such
-//! delegation cannot be checked, which is an error, not a "no".
+//! `storacha` the service invokes `space/info` as its own key (`did:key`), with a delegation on
+//! the Space granting it `space/info`: one the client attached to its invocation (an extra
+//! proof), or one configured (`CLOCK_STORACHA_PROOFS`). A Space with no such delegation cannot
+//! be checked, which is an error, not a "no".
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,13 +78,19 @@ impl StorachaCheck {
         })
     }
 
-    async fn is_provisioned(&self, space: &str) -> Result<bool, ProvisioningError> {
-        let proofs: Vec<Delegation> = self
-            .proofs
+    async fn is_provisioned(
+        &self,
+        space: &str,
+        attached: &[Delegation],
+    ) -> Result<bool, ProvisioningError> {
+        let proofs: Vec<Delegation> = attached
             .iter()
+            .chain(&self.proofs)
             .filter(|d| {
                 d.ucan().audience() == self.signer.did()
-                    && d.ucan().capabilities().iter().any(|c| c.with == space)
+                    && d.ucan().capabilities().iter().any(|c| {
+                        c.with == space && matches!(c.can.as_str(), "space/info" | "space/*" | "*")
+                    })
             })
             .cloned()
             .collect();
@@ -147,6 +154,16 @@ impl Provisioning {
 
     /// Whether `space` may use the service.
     pub async fn check(&self, space: &str) -> Result<bool, ProvisioningError> {
+        self.check_with(space, &[]).await
+    }
+
+    /// Whether `space` may use the service, using delegations the invocation carried (in the
+    /// `storacha` mode, a `space/info` grant to this service) besides the configured ones.
+    pub async fn check_with(
+        &self,
+        space: &str,
+        attached: &[Delegation],
+    ) -> Result<bool, ProvisioningError> {
         if let Mode::Off = &*self.mode {
             return Ok(true);
         }
@@ -166,7 +183,7 @@ impl Provisioning {
                 self.metrics.store_op(StoreOp::is_provisioned, t);
                 answer?
             }
-            Mode::Storacha(check) => check.is_provisioned(space).await?,
+            Mode::Storacha(check) => check.is_provisioned(space, attached).await?,
         };
         let mut cache = self.lock();
         if cache.len() >= MAX_CACHED_SPACES {
@@ -238,10 +255,44 @@ mod tests {
         assert!(!provisioning.check(space.did()).await.unwrap());
         provisioning.invalidate(space.did());
         assert!(provisioning.check(space.did()).await.unwrap());
-        // A Space we hold no delegation for cannot be checked.
+        // A Space we hold no delegation for cannot be checked...
         assert!(matches!(
             provisioning.check(stranger.did()).await,
             Err(ProvisioningError::NoDelegation { .. })
         ));
+        // ... unless the invocation carries one (a grant to another key, or of another
+        // ability, does not count).
+        let attached = |to: &str, can: &str| {
+            Delegation::issue(
+                Ucan::builder(&stranger, to)
+                    .capability(Capability::new(can, stranger.did()))
+                    .expiration(4_000_000_000),
+                &[],
+                &[],
+            )
+            .unwrap()
+        };
+        assert!(matches!(
+            provisioning
+                .check_with(
+                    stranger.did(),
+                    &[
+                        attached(space.did(), "space/info"),
+                        attached(clock_key.key_did(), "upload/add")
+                    ]
+                )
+                .await,
+            Err(ProvisioningError::NoDelegation { .. })
+        ));
+        service.provision(stranger.did()).await;
+        assert!(
+            provisioning
+                .check_with(
+                    stranger.did(),
+                    &[attached(clock_key.key_did(), "space/info")]
+                )
+                .await
+                .unwrap()
+        );
     }
 }

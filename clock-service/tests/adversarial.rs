@@ -21,6 +21,11 @@
 //!   unprovisioned Space is refused (`SpaceUnprovisioned`, nothing stored); after
 //!   `clock-service provision add <did>` (the binary's subcommand, same `CLOCK_STORE`) the same
 //!   advance succeeds.
+//! - [`storacha_provisioning`]: with `CLOCK_PROVISIONING=storacha` against Storacha's own upload
+//!   service run locally (`tests::storacha`), an advance carrying a `space/info` grant to the
+//!   service is refused while the Space is not provisioned (`SpaceUnprovisioned`), accepted once
+//!   it is; one carrying no grant cannot be checked (`ProvisioningCheckFailed`); nothing stored
+//!   for the refused ones.
 
 mod common;
 
@@ -663,4 +668,59 @@ async fn provisioning_redb() {
 #[tokio::test]
 async fn provisioning_redis() {
     provisioning(Backend::Redis).await;
+}
+
+#[tokio::test]
+async fn storacha_provisioning() {
+    let service = tests::storacha::LocalStoracha::shared();
+    let store = TestStore::new(Backend::Redis);
+    let env = [
+        ("CLOCK_PROVISIONING", "storacha"),
+        ("CLOCK_PROVISIONING_TTL", "0s"),
+        ("CLOCK_STORACHA_URL", service.url.as_str()),
+        ("CLOCK_STORACHA_DID", service.did.as_str()),
+    ];
+    let server = Server::start(&store, &env);
+    let client = server.client();
+    let space = principal(0x41);
+    let did = space.did().to_string();
+    // The Space lets the clock service (its did:key: the upload service resolves only keys)
+    // ask about it, and the client sends that grant along with its advance as an extra proof.
+    let grant = issue(
+        &space,
+        SERVICE_DID,
+        vec![Capability::new("space/info", did.as_str())],
+        Times::valid(),
+        &[],
+        &[],
+    );
+    let advance = |ev: &Block, proofs: &[proto::ucan::Delegation]| {
+        issue(
+            &space,
+            SERVICE_DID,
+            vec![advance_cap(&did, ev.cid())],
+            Times::valid(),
+            proofs,
+            std::slice::from_ref(ev),
+        )
+    };
+    let ev = event(1, &[]);
+
+    let (name, _) = refusal(&client, &advance(&ev, std::slice::from_ref(&grant))).await;
+    assert_eq!(name, "SpaceUnprovisioned");
+    let (name, message) = refusal(&client, &advance(&ev, &[])).await;
+    assert_eq!(name, "ProvisioningCheckFailed");
+    assert!(message.contains("no delegation"), "{message}");
+    {
+        let opened = store.open().await;
+        assert_eq!(opened.head(&did).await.expect("head"), Vec::<Cid>::new());
+        assert_absent(&opened, &did, &[*ev.cid()], "an unprovisioned advance").await;
+    }
+
+    service.provision(&did).await;
+    assert_eq!(
+        accepted(&client, &advance(&ev, std::slice::from_ref(&grant))).await,
+        vec![*ev.cid()]
+    );
+    assert_present(&store.open().await, &did, &[*ev.cid()]).await;
 }
