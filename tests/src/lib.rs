@@ -130,6 +130,21 @@ where
     }
 }
 
+/// Stops a server the tests started: closes its standard input (the harnesses' servers exit
+/// gracefully on that), waits up to `timeout`, then kills it.
+pub(crate) fn stop_gracefully(mut child: std::process::Child, timeout: std::time::Duration) {
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 pub mod storacha;
 
 pub mod pds {
@@ -400,20 +415,9 @@ pub mod pds {
 
     impl Drop for Pds {
         fn drop(&mut self) {
-            if let Some(mut child) = self.child.take() {
+            if let Some(child) = self.child.take() {
                 // Closing stdin asks for a graceful shutdown (which also removes the data).
-                drop(child.stdin.take());
-                let deadline = Instant::now() + STOP_TIMEOUT;
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                if let Ok(None) = child.try_wait() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+                super::stop_gracefully(child, STOP_TIMEOUT);
             }
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }

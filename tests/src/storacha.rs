@@ -230,19 +230,8 @@ impl LocalStoracha {
 
 impl Drop for LocalStoracha {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if let Some(child) = self.child.take() {
+            crate::stop_gracefully(child, STOP_TIMEOUT);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
