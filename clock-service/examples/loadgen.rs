@@ -31,8 +31,10 @@
 //!
 //! Every answer is checked: HTTP 200, a response CAR with a receipt for the invocation, and an
 //! `{ok}` outcome; anything else counts as an error (the first few are printed). The first
-//! receipt's signature is verified against `--service-did`. The last line is machine-readable
-//! (`RESULT key=value …`).
+//! receipt's signature is verified against `--service-did`. An answer byte-identical to the last
+//! one fully checked on the same connection for the same invocation passes without being
+//! decoded again (a replayed `clock/head` with an unchanged head). The last line is
+//! machine-readable (`RESULT key=value …`).
 //!
 //! Invocations expire a year after they are built; clock keys are derived from `--seed`, so two
 //! runs with the same seed and sizes send the same invocations (the same clocks and events),
@@ -49,9 +51,6 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use proto::capability::{ClockAdvance, ClockHead};
 use proto::car::CarLimits;
 use proto::clock::Event;
@@ -59,6 +58,10 @@ use proto::message::{self, AgentMessage, CONTENT_TYPE};
 use proto::principal::{Ed25519Signer, Verifier};
 use proto::ucan::{Capability, Delegation, Ucan};
 use proto::{Block, Ipld};
+
+/// mimalloc, as the service uses: glibc malloc was an eighth of this process's CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Op {
@@ -324,48 +327,102 @@ impl Stats {
     }
 }
 
-/// Sends requests over one connection and checks the answers.
-#[derive(Clone)]
+/// Sends requests over one connection and checks the answers. Kept lean, since it shares the
+/// machine with the server it measures: one HTTP/1.1 connection driven directly (no pool), and
+/// an answer byte-identical to the last one fully checked for the same invocation is accepted
+/// without decoding it again (a receipt for the same invocation, outcome and signer is the
+/// same bytes: Ed25519 signatures are deterministic).
 struct Sender {
-    url: Arc<str>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    authority: Arc<str>,
+    path: Arc<str>,
+    conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
     service: Arc<Verifier>,
     timeout: Duration,
     verified: Arc<AtomicBool>,
+    last_ok: Option<(Cid, Bytes)>,
 }
 
 impl Sender {
     fn new(args: &Args, service: Arc<Verifier>, verified: Arc<AtomicBool>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let uri: http::Uri = args.url.parse().unwrap_or_else(|e| {
+            eprintln!("--url: {e}");
+            std::process::exit(2);
+        });
+        if uri.scheme_str() != Some("http") {
+            eprintln!("--url: only http:// is supported");
+            std::process::exit(2);
+        }
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or("127.0.0.1:80");
+        let authority = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
         Self {
-            url: args.url.as_str().into(),
-            // One client per sender: its own pool, so its own connection.
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            authority: authority.into(),
+            path: uri.path().into(),
+            conn: None,
             service,
             timeout: args.timeout,
             verified,
+            last_ok: None,
         }
     }
 
-    async fn send(&self, req: &Req) -> Result<(), String> {
-        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+    async fn send(&mut self, req: &Req) -> Result<(), String> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.exchange(req)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Err(_) => {
+                self.conn = None;
+                Err(format!("no answer within {timeout:?}"))
+            }
         }
     }
 
-    async fn exchange(&self, req: &Req) -> Result<(), String> {
-        let request = Request::post(&*self.url)
+    async fn connection(
+        &mut self,
+    ) -> Result<&mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+        if let Some(c) = &self.conn
+            && c.is_closed()
+        {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let stream = tokio::net::TcpStream::connect(&*self.authority)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            self.conn = Some(send);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        conn.ready().await.map_err(|e| format!("transport: {e}"))?;
+        Ok(conn)
+    }
+
+    async fn exchange(&mut self, req: &Req) -> Result<(), String> {
+        let request = Request::post(&*self.path)
+            .header(header::HOST, &*self.authority)
             .header(header::CONTENT_TYPE, CONTENT_TYPE)
             .header(header::ACCEPT, CONTENT_TYPE)
             .body(Full::new(req.body.clone()))
             .map_err(|e| e.to_string())?;
-        let resp = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| format!("transport: {e}"))?;
+        let sent = self.connection().await?.send_request(request).await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(format!("transport: {e}"));
+            }
+        };
         let status = resp.status();
         let body = resp
             .into_body()
@@ -376,7 +433,14 @@ impl Sender {
         if status != StatusCode::OK {
             return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
         }
-        let msg = AgentMessage::decode_bytes(body, &CarLimits::default())
+        if self
+            .last_ok
+            .as_ref()
+            .is_some_and(|(cid, bytes)| *cid == req.invocation && *bytes == body)
+        {
+            return Ok(());
+        }
+        let msg = AgentMessage::decode_bytes(body.clone(), &CarLimits::default())
             .map_err(|e| format!("answer: {e}"))?;
         let receipt = msg
             .receipt(&req.invocation)
@@ -389,7 +453,10 @@ impl Sender {
             self.verified.store(true, Ordering::Relaxed);
         }
         match receipt.out() {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.last_ok = Some((req.invocation, body));
+                Ok(())
+            }
             Err(e) => Err(format!(
                 "error receipt: {}",
                 proto::ipld::encode_dag_json(e)
@@ -421,7 +488,7 @@ async fn closed_loop(args: &Args, sender: &Sender, work: Work, slots: usize) -> 
     let tasks: Vec<_> = (0..slots)
         .map(|k| {
             // A sender per slot: one connection each.
-            let sender = Sender::new(args, sender.service.clone(), sender.verified.clone());
+            let mut sender = Sender::new(args, sender.service.clone(), sender.verified.clone());
             let queue = std::mem::take(&mut queues[k]);
             let cycle = match &work {
                 Work::Cycle(list, next) => Some((list.clone(), next.clone())),
@@ -510,7 +577,7 @@ async fn open_loop(
     };
     let workers: Vec<_> = (0..args.connections)
         .map(|_| {
-            let sender = Sender::new(args, sender.service.clone(), sender.verified.clone());
+            let mut sender = Sender::new(args, sender.service.clone(), sender.verified.clone());
             let rx = rx.clone();
             let pool = pool.clone();
             tokio::spawn(async move {

@@ -19,13 +19,16 @@ use std::task::{Context, Poll};
 use cid::Cid;
 use proto::capability::{CLOCK_ADVANCE, CLOCK_HEAD, ClockAdvance};
 use proto::ucan::{Delegation, Proof};
-use proto::validator::{Authorization, Failure, Validator, parsers};
+use proto::validator::{
+    Authorization, Failure, SignatureKey, Validator, invocation_signature, parsers,
+};
 use proto::{Block, Ipld};
 use tower::{Layer, Service};
 
 use crate::clocks::Clocks;
 use crate::metrics::Outcome as OutcomeLabel;
 use crate::provisioning::Provisioning;
+use crate::signatures::BatchVerifier;
 use crate::store::ClockStore;
 
 /// A boxed future, as the services here return.
@@ -105,6 +108,7 @@ fn route(can: &str) -> Option<proto::validator::CapabilityParser> {
 pub struct AuthLayer {
     validator: Arc<Validator>,
     service_did: Arc<str>,
+    batch: Option<Arc<BatchVerifier>>,
 }
 
 impl AuthLayer {
@@ -113,6 +117,33 @@ impl AuthLayer {
         Self {
             validator: Arc::new(validator),
             service_did: service_did.into(),
+            batch: None,
+        }
+    }
+
+    /// Verifies each invocation's own signature in `batch`, together with other requests',
+    /// before the validator runs (which then takes that verdict instead of verifying again).
+    pub fn with_batch_verifier(mut self, batch: Arc<BatchVerifier>) -> Self {
+        self.batch = Some(batch);
+        self
+    }
+
+    /// The verdict on the invocation's own signature from the batch verifier, when there is
+    /// one and the signature is an Ed25519 `did:key`'s on an invocation addressed to us (others
+    /// are left to the validator, which would refuse a wrong audience before any signature).
+    async fn presigned(&self, invocation: &Delegation) -> Vec<(SignatureKey, bool)> {
+        let Some(batch) = &self.batch else {
+            return Vec::new();
+        };
+        if invocation.ucan().audience() != &*self.service_did {
+            return Vec::new();
+        }
+        let Some((key, check)) = invocation_signature(invocation) else {
+            return Vec::new();
+        };
+        match batch.verify(check).await {
+            Some(valid) => vec![(key, valid)],
+            None => Vec::new(),
         }
     }
 }
@@ -136,7 +167,10 @@ pub struct Auth<S> {
 
 impl<S> Service<Invocation> for Auth<S>
 where
-    S: Service<Authorized, Response = Outcome, Error = std::convert::Infallible>,
+    S: Service<Authorized, Response = Outcome, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
@@ -148,30 +182,43 @@ where
     }
 
     fn call(&mut self, invocation: Invocation) -> Self::Future {
-        let checked = self.layer.validator.check(
-            &invocation.delegation,
-            &self.layer.service_did,
-            invocation.now,
-            route,
-        );
-        match checked {
-            Ok(authorization) => Box::pin(self.inner.call(Authorized {
-                invocation,
-                authorization,
-            })),
-            Err(e) => {
-                use proto::validator::ValidationError as V;
-                let label = match &e {
-                    V::HandlerNotFound(_) | V::InvocationCapability(_) => OutcomeLabel::not_found,
-                    _ => OutcomeLabel::unauthorized,
-                };
-                let outcome = Outcome {
-                    result: Err(e.to_wire()),
-                    label,
-                };
-                Box::pin(async move { Ok(outcome) })
+        // The inner service polled ready is the one to call; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let verdicts = layer.presigned(&invocation.delegation).await;
+            let checked = layer.validator.check_with(
+                &invocation.delegation,
+                &layer.service_did,
+                invocation.now,
+                route,
+                &verdicts,
+            );
+            match checked {
+                Ok(authorization) => {
+                    inner
+                        .call(Authorized {
+                            invocation,
+                            authorization,
+                        })
+                        .await
+                }
+                Err(e) => {
+                    use proto::validator::ValidationError as V;
+                    let label = match &e {
+                        V::HandlerNotFound(_) | V::InvocationCapability(_) => {
+                            OutcomeLabel::not_found
+                        }
+                        _ => OutcomeLabel::unauthorized,
+                    };
+                    Ok(Outcome {
+                        result: Err(e.to_wire()),
+                        label,
+                    })
+                }
             }
-        }
+        })
     }
 }
 

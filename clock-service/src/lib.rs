@@ -14,6 +14,7 @@
 //! - [`client`]: a ucanto client for clock services (ours or w3clock).
 //! - [`clocks`]: head reads and advances (pail's merge over attached and stored blocks,
 //!   compare-and-set on the head, retried on conflict).
+//! - [`signatures`]: invocation signatures of concurrent requests verified in batches.
 //! - [`provisioning`]: is the clock a provisioned Space (registry, cached).
 //! - [`store`]: the storage trait and its Redis and redb backends.
 //! - [`metrics`]: Prometheus metrics on an injected registry.
@@ -31,6 +32,7 @@ pub mod invocation;
 pub mod metrics;
 pub mod provisioning;
 pub mod server;
+pub mod signatures;
 pub mod store;
 
 pub use config::Config;

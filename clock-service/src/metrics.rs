@@ -128,6 +128,8 @@ pub struct Metrics {
     pub store_duration: Family<StoreLabels, Histogram>,
     /// Provisioning lookups, by cache hit or miss.
     pub provisioning_cache: Family<CacheLabels, Counter>,
+    /// Invocation signatures verified together, per batch.
+    pub signature_batch_size: Histogram,
 }
 
 impl Metrics {
@@ -142,6 +144,7 @@ impl Metrics {
             advance_exhausted: Counter::default(),
             store_duration: Family::new_with_constructor(latency),
             provisioning_cache: Family::default(),
+            signature_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
         };
         let r = registry.sub_registry_with_prefix("clock");
         r.register(
@@ -183,6 +186,11 @@ impl Metrics {
             "provisioning_lookups",
             "Provisioning checks, by cache hit or miss",
             m.provisioning_cache.clone(),
+        );
+        r.register(
+            "signature_batch_size",
+            "Invocation signatures verified together in one batch",
+            m.signature_batch_size.clone(),
         );
         m
     }

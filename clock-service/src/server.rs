@@ -32,6 +32,7 @@ use crate::http::{Body, Ucanto, text};
 use crate::invocation::{AuthLayer, Handler, ProvisioningLayer};
 use crate::metrics::Metrics;
 use crate::provisioning::{Provisioning, StorachaCheck};
+use crate::signatures::BatchVerifier;
 use crate::store::{AnyStore, ClockStore};
 
 /// The file beside an embedded store that keeps a generated service key.
@@ -217,9 +218,14 @@ impl App {
             }
         };
         let clocks = Clocks::new(store.clone(), metrics.clone(), config.max_advance_reads);
+        let mut auth = AuthLayer::new(validator, signer.did());
+        if config.signature_batch > 1 {
+            auth = auth
+                .with_batch_verifier(BatchVerifier::new(config.signature_batch, metrics.clone()));
+        }
         let invocations = BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .layer(AuthLayer::new(validator, signer.did()))
+                .layer(auth)
                 .layer(ProvisioningLayer::new(
                     provisioning,
                     config.provisioning_head,

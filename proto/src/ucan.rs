@@ -416,6 +416,15 @@ impl Ucan {
         }
     }
 
+    /// The check [`Self::verify_self_signed`] makes, prepared for batch verification
+    /// ([`crate::principal::verify_batch`]): `None` unless the issuer is an Ed25519 `did:key`
+    /// and the signature an Ed25519 one (anything else is judged by the validator as usual).
+    pub fn self_signature_check(&self) -> Option<crate::principal::SignatureCheck> {
+        let key = self.issuer_key().ok()?;
+        let payload = self.signing_payload().ok()?;
+        crate::principal::SignatureCheck::new(key.public_key(), &payload, &self.signature)
+    }
+
     /// When the issuer is a `did:key`, its verifier (decoded from the `iss` bytes directly).
     pub fn issuer_key(&self) -> Result<Verifier, PrincipalError> {
         Verifier::from_principal_bytes(&self.issuer_bytes, &self.issuer)

@@ -107,6 +107,12 @@
 //! capability derivation and revocation are judged on every call. Failed verifications are
 //! never shared, and neither is the invocation's own signature (depth 0): a real invocation is
 //! new with every request, so recording it would only push proofs out of the cache.
+//!
+//! A service may also verify the invocation's own signature before the search, together with
+//! other requests' in one batch ([`invocation_signature`], [`Validator::check_with`]). The
+//! verdict it passes in is the one the search would reach itself (same key, same payload, same
+//! ZIP215 rules, see [`crate::principal::verify_batch`]), valid or not, so the outcome and its
+//! error are unchanged; only where the arithmetic happens moves.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
@@ -118,7 +124,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use cid::Cid;
 
 use crate::ipld::Ipld;
-use crate::principal::Verifier;
+use crate::principal::{SignatureCheck, Verifier};
 use crate::ucan::{Capability, Delegation, Proof};
 
 /// The ability `ucan/attest` (authority attestations of delegations).
@@ -2408,6 +2414,19 @@ impl SignatureCache for BoundedSignatureCache {
 // Service-level checks.
 // ---------------------------------------------------------------------------------------------
 
+/// The signature check the validator makes of `invocation` itself, as a [`SignatureKey`] for
+/// [`Validator::check_with`] and a [`SignatureCheck`] to verify (alone or in a batch with
+/// [`crate::principal::verify_batch`]). `None` when the issuer is not an Ed25519 `did:key` (an
+/// authority, a `did:mailto` account, another key type): the validator judges those itself.
+pub fn invocation_signature(invocation: &Delegation) -> Option<(SignatureKey, SignatureCheck)> {
+    let issuer = invocation.ucan().issuer();
+    if !issuer.starts_with("did:key:") {
+        return None;
+    }
+    let check = invocation.ucan().self_signature_check()?;
+    Some((SignatureKey::of(invocation.cid(), issuer, issuer), check))
+}
+
 /// The invocation's only capability, or [`InvocationCapabilityError`].
 pub fn single_capability(
     invocation: &Delegation,
@@ -2532,7 +2551,19 @@ impl Validator {
         capability: &CapabilityParser,
         now: i64,
     ) -> Result<Authorization, Box<Unauthorized>> {
-        let cache = RefCell::new(HashMap::new());
+        self.access_checked(invocation, capability, now, &[])
+    }
+
+    /// [`Self::access`], with signature verdicts already reached for this call (see
+    /// [`invocation_signature`]).
+    fn access_checked(
+        &self,
+        invocation: &Delegation,
+        capability: &CapabilityParser,
+        now: i64,
+        verdicts: &[(SignatureKey, bool)],
+    ) -> Result<Authorization, Box<Unauthorized>> {
+        let cache = RefCell::new(verdicts.iter().copied().collect::<HashMap<_, _>>());
         for authority in &self.trusted {
             if let Ok(auth) = self.access_with(authority, invocation, capability, now, &cache) {
                 return Ok(auth);
@@ -2575,6 +2606,20 @@ impl Validator {
         now: i64,
         route: impl FnOnce(&str) -> Option<CapabilityParser>,
     ) -> Result<Authorization, ValidationError> {
+        self.check_with(invocation, service_did, now, route, &[])
+    }
+
+    /// [`Self::check`], taking signature verdicts already reached for this invocation, as
+    /// [`invocation_signature`] prepares them: each `(key, valid)` answers that signature check
+    /// in place of verifying it again.
+    pub fn check_with(
+        &self,
+        invocation: &Delegation,
+        service_did: &str,
+        now: i64,
+        route: impl FnOnce(&str) -> Option<CapabilityParser>,
+        verdicts: &[(SignatureKey, bool)],
+    ) -> Result<Authorization, ValidationError> {
         let cap = single_capability(invocation).map_err(ValidationError::InvocationCapability)?;
         let parser = route(&cap.can).ok_or_else(|| {
             ValidationError::HandlerNotFound(HandlerNotFound {
@@ -2582,7 +2627,7 @@ impl Validator {
             })
         })?;
         check_audience(invocation, service_did).map_err(ValidationError::InvalidAudience)?;
-        self.access(invocation, &parser, now)
+        self.access_checked(invocation, &parser, now, verdicts)
             .map_err(ValidationError::Unauthorized)
     }
 }
