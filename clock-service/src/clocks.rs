@@ -241,6 +241,78 @@ impl Generations {
     }
 }
 
+/// How many clocks [`HeadHints`] remembers (in two generations of half as many).
+pub const HEAD_HINTS: usize = 32_768;
+
+/// The last head this process saw of recently read or advanced clocks: a guess an advance starts
+/// from instead of reading the head from the store. The compare-and-set that writes the new head
+/// checks the guess, so a stale one (another replica advanced the clock) costs only a failed
+/// compare-and-set, after which the advance reads the head and merges again; with one writer
+/// per clock, the usual case, an advance takes one store round trip instead of two. Never used
+/// to answer `clock/head`, which always reads the store.
+///
+/// Bounded by [`HEAD_HINTS`] clocks in two generations (like [`EventCache`]).
+#[derive(Debug)]
+pub struct HeadHints {
+    inner: std::sync::Mutex<HintGenerations>,
+    half: usize,
+}
+
+#[derive(Debug, Default)]
+struct HintGenerations {
+    young: HashMap<Box<str>, Arc<[Cid]>>,
+    old: HashMap<Box<str>, Arc<[Cid]>>,
+}
+
+impl HeadHints {
+    /// Hints for at most `max_clocks` clocks (0: none).
+    pub fn new(max_clocks: usize) -> Self {
+        Self {
+            inner: Default::default(),
+            half: max_clocks / 2,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HintGenerations> {
+        // Each operation leaves the maps consistent, so a poisoned lock is still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last head seen of `clock`, if remembered.
+    pub fn get(&self, clock: &str) -> Option<Arc<[Cid]>> {
+        let g = self.lock();
+        g.young.get(clock).or_else(|| g.old.get(clock)).cloned()
+    }
+
+    /// Remembers `head` as the last head seen of `clock`.
+    pub fn set(&self, clock: &str, head: &[Cid]) {
+        if self.half == 0 {
+            return;
+        }
+        let mut g = self.lock();
+        if let Some(h) = g.young.get_mut(clock) {
+            if **h != *head {
+                *h = head.into();
+            }
+            return;
+        }
+        if g.young.len() >= self.half {
+            g.old = std::mem::take(&mut g.young);
+        }
+        g.old.remove(clock);
+        g.young.insert(clock.into(), head.into());
+    }
+
+    /// Forgets `clock`'s hint (it proved stale).
+    pub fn forget(&self, clock: &str) {
+        let mut g = self.lock();
+        g.young.remove(clock);
+        g.old.remove(clock);
+    }
+}
+
 /// pail's `advance` (see `proto::clock::advance` for the rules) over events whose heights are
 /// known: `node` answers an event's parents and height, or `None` when it is not at hand, in
 /// which case this returns `Err` with that event for the caller to find and call again.
@@ -442,6 +514,7 @@ pub struct Clocks<S> {
     metrics: Metrics,
     max_reads: usize,
     cache: Arc<EventCache>,
+    hints: Arc<HeadHints>,
     locks: Arc<ClockLocks>,
 }
 
@@ -463,6 +536,11 @@ impl<S: ClockStore + Clone> Clocks<S> {
             metrics,
             max_reads,
             cache: Arc::new(EventCache::new(cache_bytes)),
+            hints: Arc::new(HeadHints::new(if cache_bytes == 0 {
+                0
+            } else {
+                HEAD_HINTS
+            })),
             locks: Arc::default(),
         }
     }
@@ -472,11 +550,14 @@ impl<S: ClockStore + Clone> Clocks<S> {
         &self.store
     }
 
-    /// The clock's head.
+    /// The clock's head, as the store holds it now.
     pub async fn head(&self, clock: &str) -> Result<Vec<Cid>, StoreError> {
         let t = Instant::now();
         let head = self.store.head(clock).await;
         self.metrics.store_op(StoreOp::head, t);
+        if let Ok(h) = &head {
+            self.hints.set(clock, h);
+        }
         head
     }
 
@@ -504,8 +585,19 @@ impl<S: ClockStore + Clone> Clocks<S> {
         // Blocks read from the store by each kind of merge (each is held to `max_reads`).
         let mut fast_reads = 0usize;
         let mut reads = 0usize;
-        for attempt in 1..=MAX_CAS_ATTEMPTS {
-            let head = self.head(clock).await?;
+        // Start from the head this process last saw, if any (see `HeadHints`); a guess is
+        // never the answer by itself: it is either confirmed by the compare-and-set or replaced
+        // by a read.
+        let mut guess = self.hints.get(clock);
+        let mut attempt = 0;
+        while attempt < MAX_CAS_ATTEMPTS {
+            let (head, guessed) = match guess.take() {
+                Some(h) => (h.to_vec(), true),
+                None => {
+                    attempt += 1;
+                    (self.head(clock).await?, false)
+                }
+            };
             let local = Local {
                 blocks: &blocks,
                 parents: &parents,
@@ -524,6 +616,10 @@ impl<S: ClockStore + Clone> Clocks<S> {
                 }
             };
             if next == head {
+                if guessed {
+                    // Already in the guessed head: answer with the stored head, read it.
+                    continue;
+                }
                 return Ok(next);
             }
             // The event blocks go with the head, in one atomic step: written only if it wins.
@@ -534,6 +630,7 @@ impl<S: ClockStore + Clone> Clocks<S> {
                 .await?;
             self.metrics.store_op(StoreOp::compare_and_set, t);
             if swapped {
+                self.hints.set(clock, &next);
                 // Now in the store: the events that came along may be cached too.
                 self.cache.insert(
                     clock,
@@ -543,6 +640,12 @@ impl<S: ClockStore + Clone> Clocks<S> {
                     }),
                 );
                 return Ok(next);
+            }
+            self.hints.forget(clock);
+            if guessed {
+                // A stale guess, not a race lost: read the head and merge again.
+                self.metrics.head_hint_stale.inc();
+                continue;
             }
             self.metrics.advance_conflicts.inc();
             // Spread retries of writers that collided so they do not collide again in lockstep.
@@ -981,5 +1084,65 @@ mod tests {
             );
             assert!(clocks.locks.table().is_empty(), "clock locks are released");
         }
+    }
+
+    /// Two replicas (two `Clocks` over one store): each remembers the head it last saw, so the
+    /// second advances from a stale guess after the first moved the clock. The compare-and-set
+    /// catches it, the advance reads the head and merges again, nothing is lost, and a stale
+    /// guess is never an answer (a redelivered event answers with the stored head).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_head_hint_costs_a_retry_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("c.redb").to_str().unwrap())
+            .await
+            .unwrap();
+        let (a, b) = (
+            clocks(store.clone(), EVENT_CACHE_BYTES),
+            clocks(store.clone(), EVENT_CACHE_BYTES),
+        );
+        let clock = "did:key:z6Mkreplicas";
+        let e0 = event_block(0, &[]);
+        let attach = |blocks: &[&Block]| -> HashMap<Cid, Block> {
+            blocks.iter().map(|b| (*b.cid(), (*b).clone())).collect()
+        };
+        assert_eq!(
+            a.advance(clock, e0.cid(), &attach(&[&e0])).await.unwrap(),
+            vec![*e0.cid()]
+        );
+        // B reads the head (and remembers it); then A moves the clock on.
+        assert_eq!(b.head(clock).await.unwrap(), vec![*e0.cid()]);
+        let e1 = event_block(1, &[*e0.cid()]);
+        assert_eq!(
+            a.advance(clock, e1.cid(), &attach(&[&e1, &e0]))
+                .await
+                .unwrap(),
+            vec![*e1.cid()]
+        );
+        // B advances a sibling of e1 from its stale guess [e0]: the compare-and-set fails on
+        // the guess, B reads [e1] and the result is the fork of both.
+        let e2 = event_block(2, &[*e0.cid()]);
+        let mut both = vec![*e1.cid(), *e2.cid()];
+        let got = b
+            .advance(clock, e2.cid(), &attach(&[&e2, &e0]))
+            .await
+            .unwrap();
+        let mut sorted = got.clone();
+        sorted.sort();
+        both.sort();
+        assert_eq!(sorted, both);
+        assert_eq!(store.head(clock).await.unwrap(), got);
+        assert_eq!(b.metrics.head_hint_stale.get(), 1);
+        assert_eq!(
+            b.metrics.advance_conflicts.get(),
+            0,
+            "a stale guess is not a race"
+        );
+        // A still guesses [e1]; redelivering e1 must answer with the stored head, not the guess.
+        assert_eq!(
+            a.advance(clock, e1.cid(), &attach(&[&e1, &e0]))
+                .await
+                .unwrap(),
+            got
+        );
     }
 }

@@ -124,6 +124,9 @@ pub struct Metrics {
     pub advance_conflicts: Counter,
     /// Advances that gave up after too many conflicts.
     pub advance_exhausted: Counter,
+    /// Advances whose remembered head proved stale at the compare-and-set (another replica
+    /// had advanced the clock), so they read the head and merged again.
+    pub head_hint_stale: Counter,
     /// Store operation latency, by operation.
     pub store_duration: Family<StoreLabels, Histogram>,
     /// Provisioning lookups, by cache hit or miss.
@@ -142,6 +145,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             advance_conflicts: Counter::default(),
             advance_exhausted: Counter::default(),
+            head_hint_stale: Counter::default(),
             store_duration: Family::new_with_constructor(latency),
             provisioning_cache: Family::default(),
             signature_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
@@ -176,6 +180,11 @@ impl Metrics {
             "advance_exhausted",
             "clock/advance invocations that gave up after too many conflicts",
             m.advance_exhausted.clone(),
+        );
+        r.register(
+            "advance_stale_head_hints",
+            "clock/advance compare-and-sets that failed on a remembered head another replica had replaced",
+            m.head_hint_stale.clone(),
         );
         r.register(
             "store_duration_seconds",

@@ -477,6 +477,15 @@ impl Verifier {
         Self::from_principal_bytes(&did_to_bytes(did)?, did)
     }
 
+    /// The raw Ed25519 key in principal bytes (as in a UCAN's `iss`), without decoding the
+    /// point (which a batch verification does once per key).
+    pub(crate) fn ed25519_key_of(bytes: &[u8]) -> Option<[u8; 32]> {
+        match read_varint(bytes)? {
+            (ED25519_PUB, rest) => rest.try_into().ok(),
+            _ => None,
+        }
+    }
+
     /// A verifier from principal bytes (as in a UCAN's `iss`) whose DID is `did`.
     pub(crate) fn from_principal_bytes(bytes: &[u8], did: &str) -> Result<Self, PrincipalError> {
         let (code, rest) = read_varint(bytes).ok_or(PrincipalError::UnknownDidCodec(0))?;

@@ -420,9 +420,11 @@ impl Ucan {
     /// ([`crate::principal::verify_batch`]): `None` unless the issuer is an Ed25519 `did:key`
     /// and the signature an Ed25519 one (anything else is judged by the validator as usual).
     pub fn self_signature_check(&self) -> Option<crate::principal::SignatureCheck> {
-        let key = self.issuer_key().ok()?;
+        // The key bytes as they are: a key that is no curve point fails the check, as it fails
+        // `issuer_key`.
+        let key = Verifier::ed25519_key_of(&self.issuer_bytes)?;
         let payload = self.signing_payload().ok()?;
-        crate::principal::SignatureCheck::new(key.public_key(), &payload, &self.signature)
+        crate::principal::SignatureCheck::new(key, &payload, &self.signature)
     }
 
     /// When the issuer is a `did:key`, its verifier (decoded from the `iss` bytes directly).
