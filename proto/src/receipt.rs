@@ -93,6 +93,36 @@ pub struct Receipt {
     outcome: Outcome,
     signature: Signature,
     blocks: BlockStore,
+    /// For a receipt issued here: [`Self::blocks`], in order, taken from the delegations it was
+    /// issued with (so they need not be decoded again from the store).
+    issued_blocks: Option<Arc<[Block]>>,
+}
+
+/// The DAG-CBOR of a receipt block from its outcome's encoding and the signature's: a map of
+/// two keys, `ocm` before `sig` (equal lengths, then bytewise), so the signed bytes are reused
+/// as they are instead of encoding the outcome a second time.
+fn receipt_block_bytes(outcome: &[u8], signature: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(outcome.len() + signature.len() + 16);
+    out.push(0xa2); // map(2)
+    out.extend_from_slice(b"\x63ocm"); // text(3) "ocm"
+    out.extend_from_slice(outcome);
+    out.extend_from_slice(b"\x63sig"); // text(3) "sig"
+    // bytes(n): the major type 2 head, in the shortest form DAG-CBOR requires.
+    let n = signature.len();
+    match n {
+        0..=23 => out.push(0x40 | n as u8),
+        24..=0xff => out.extend_from_slice(&[0x58, n as u8]),
+        0x100..=0xffff => {
+            out.push(0x59);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x5a);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(signature);
+    out
 }
 
 impl Receipt {
@@ -103,21 +133,17 @@ impl Receipt {
         out: Result<Ipld, Ipld>,
         options: ReceiptOptions,
     ) -> Result<Self, ReceiptError> {
-        let mut store: HashMap<Cid, Block> = HashMap::new();
-        let mut add = |blocks: Vec<Block>| {
-            for b in blocks {
-                store.entry(*b.cid()).or_insert(b);
-            }
-        };
-        add(ran.export());
-        for p in &options.proofs {
-            add(p.export());
-        }
+        // The blocks in the order `blocks` gives (ran, forks, join, proofs, then the receipt),
+        // and the same set by CID.
+        let mut ordered: Vec<Block> = ran.export();
         for f in &options.fork {
-            add(f.export());
+            ordered.extend(f.export());
         }
         if let Some(j) = &options.join {
-            add(j.export());
+            ordered.extend(j.export());
+        }
+        for p in &options.proofs {
+            ordered.extend(p.export());
         }
         let mut out_map = BTreeMap::new();
         match out {
@@ -135,17 +161,17 @@ impl Receipt {
             iss: Some(issuer.did().to_string()),
             prf: options.proofs.iter().map(|d| *d.cid()).collect(),
         };
-        let signature = issuer.sign(&ipld::encode_dag_cbor(&outcome)?);
-        let block = Block::encode(&ReceiptModel {
-            ocm: outcome.clone(),
-            sig: signature.encode(),
-        })?;
-        store.insert(*block.cid(), block.clone());
+        let signed = ipld::encode_dag_cbor(&outcome)?;
+        let signature = issuer.sign(&signed);
+        let block = Block::from_codec(DAG_CBOR, receipt_block_bytes(&signed, &signature.encode()));
+        ordered.push(block.clone());
+        let store: HashMap<Cid, Block> = ordered.iter().map(|b| (*b.cid(), b.clone())).collect();
         Ok(Self {
             block,
             outcome,
             signature,
             blocks: Arc::new(store),
+            issued_blocks: Some(ordered.into()),
         })
     }
 
@@ -176,6 +202,7 @@ impl Receipt {
             outcome: model.ocm,
             signature,
             blocks,
+            issued_blocks: None,
         })
     }
 
@@ -255,6 +282,9 @@ impl Receipt {
     /// join's, each proof's, then the receipt block. Blocks that did not come with the receipt
     /// are skipped.
     pub fn blocks(&self) -> Vec<Block> {
+        if let Some(issued) = &self.issued_blocks {
+            return issued.to_vec();
+        }
         let mut out = Vec::new();
         let mut dag = |cid: &Cid| {
             if let Ok(d) = Delegation::from_store(cid, self.blocks.clone()) {
@@ -280,6 +310,58 @@ impl Receipt {
 mod tests {
     use super::*;
     use crate::ucan::{Capability, Ucan};
+
+    /// The spliced receipt block is the DAG-CBOR serde writes, and an issued receipt's blocks
+    /// are the ones a decoded copy of it gives, in the same order (effects and proofs too).
+    #[test]
+    fn issued_blocks_and_bytes_match_the_decoded_path() {
+        let agent = Ed25519Signer::from_seed(&[1; 32]);
+        let service = Ed25519Signer::from_seed(&[2; 32]);
+        let space = Ed25519Signer::from_seed(&[3; 32]);
+        let proof = Delegation::issue(
+            Ucan::builder(&space, agent.did())
+                .capability(Capability::new("clock/*", space.did()))
+                .expiration(2_000_000_000),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let inv = Delegation::issue(
+            Ucan::builder(&agent, service.did())
+                .capability(Capability::new("clock/head", space.did()))
+                .expiration(2_000_000_000),
+            std::slice::from_ref(&proof),
+            &[],
+        )
+        .unwrap();
+        let fork = Delegation::issue(
+            Ucan::builder(&service, agent.did())
+                .capability(Capability::new("clock/head", space.did()))
+                .expiration(2_000_000_000),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let options = ReceiptOptions {
+            fork: vec![fork.clone()],
+            join: Some(fork),
+            meta: BTreeMap::from([("n".to_string(), Ipld::Integer(7))]),
+            proofs: vec![proof],
+        };
+        for out in [Ok(Ipld::String("x".into())), Err(Ipld::Null)] {
+            let r = Receipt::issue(&service, &inv, out, options.clone()).unwrap();
+            let model = ReceiptModel {
+                ocm: r.outcome.clone(),
+                sig: r.signature.encode(),
+            };
+            assert_eq!(r.block(), &Block::encode(&model).unwrap());
+            let decoded = Receipt::from_store(r.cid(), r.store().clone()).unwrap();
+            assert!(decoded.issued_blocks.is_none());
+            let cids = |blocks: Vec<Block>| blocks.iter().map(|b| *b.cid()).collect::<Vec<_>>();
+            assert_eq!(cids(r.blocks()), cids(decoded.blocks()));
+            assert!(decoded.verify_signature(&service.verifier()));
+        }
+    }
 
     #[test]
     fn issue_verify_decode() {
