@@ -209,6 +209,14 @@ impl EventCache {
         Some(n)
     }
 
+    /// True when the event `cid` of `clock` is cached, so its block is in the store.
+    pub fn contains(&self, clock: &str, cid: &Cid) -> bool {
+        let g = self.lock();
+        [&g.young, &g.old]
+            .iter()
+            .any(|m| m.get(clock).is_some_and(|nodes| nodes.contains_key(cid)))
+    }
+
     /// Remembers events of `clock` whose blocks are in the store.
     pub fn insert(&self, clock: &str, nodes: impl IntoIterator<Item = (Cid, Arc<Node>)>) {
         if self.half == 0 {
@@ -623,10 +631,18 @@ impl<S: ClockStore + Clone> Clocks<S> {
                 return Ok(next);
             }
             // The event blocks go with the head, in one atomic step: written only if it wins.
+            // Blocks known to be stored already (cached events: their blocks were read from the
+            // store or written by a compare-and-set that won) are immutable and not sent again;
+            // usually that is the parent a client attaches with each event.
+            let unstored: Vec<Block> = keep
+                .iter()
+                .filter(|b| !self.cache.contains(clock, b.cid()))
+                .cloned()
+                .collect();
             let t = Instant::now();
             let swapped = self
                 .store
-                .compare_and_set_head(clock, &head, &next, &keep)
+                .compare_and_set_head(clock, &head, &next, &unstored)
                 .await?;
             self.metrics.store_op(StoreOp::compare_and_set, t);
             if swapped {
