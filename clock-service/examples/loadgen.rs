@@ -110,7 +110,7 @@ struct Args {
     /// Invoke through a delegation chain of this many links per clock (0: the clock's own key).
     #[arg(long, default_value_t = 0)]
     delegated: usize,
-    /// Runtime worker threads of the load generator.
+    /// Threads of the load generator (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Gives up on a request after this long (counted as an error).
@@ -679,11 +679,19 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // One thread: everything on the thread that waits for the results (no hand-offs between
+    // threads); more: a work-stealing pool.
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
     let verified = Arc::new(AtomicBool::new(false));
     let (stats, elapsed, mode) = runtime.block_on(async {
         let sender = Sender::new(&args, service.clone(), verified.clone());
