@@ -250,7 +250,7 @@ impl Generations {
 }
 
 /// How many clocks [`HeadHints`] remembers (in two generations of half as many).
-pub const HEAD_HINTS: usize = 32_768;
+pub const HEAD_HINTS: usize = 16_384;
 
 /// The last head this process saw of recently read or advanced clocks: a guess an advance starts
 /// from instead of reading the head from the store. The compare-and-set that writes the new head

@@ -12,6 +12,11 @@
 //!   a missing event block (on a clock with history and on a new one → `EventNotFound`), a
 //!   missing ancestor (→ `MissingAncestor`), a proof the service has verified before resent with
 //!   a flipped signature byte (refused; the genuine one still accepted).
+//! - [`signature_batches`]: 96 concurrent advances on 96 clocks, every third with a flipped
+//!   signature byte: the invocation signatures of concurrent requests are verified in batches
+//!   (`clock_signature_batch_size` shows fewer batches than checks), and each request still gets
+//!   its own verdict: the forged ones ucanto's `Unauthorized` with their own CID, nothing stored;
+//!   the genuine ones their new head.
 //! - [`limits_redb`] / [`limits_redis`]: body limits (declared too large → 413; an endless
 //!   chunked body → 413 without the service waiting for its end), the service healthy after;
 //!   garbage CAR → 400; wrong content type → 415 with ucanto's text and `accept`; unacceptable
@@ -395,6 +400,73 @@ async fn receipts_redb() {
 #[tokio::test]
 async fn receipts_redis() {
     receipts(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signature_batches() {
+    let store = TestStore::new(Backend::Redis);
+    let server = Server::start(&store, &[]);
+    let client = server.client();
+    let mut tasks = Vec::new();
+    let mut forged_events = Vec::new();
+    for i in 0..96u8 {
+        let owner = principal(0x80 + i);
+        let ev = event(i64::from(i), &[]);
+        let genuine = self_advance(&owner, &ev, Times::valid());
+        let forged = i % 3 == 1;
+        if forged {
+            forged_events.push((owner.did().to_string(), *ev.cid()));
+        }
+        let inv = if forged {
+            common::with_flipped_signature(&genuine)
+        } else {
+            genuine
+        };
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            if forged {
+                let (name, message) = refusal(&client, &inv).await;
+                assert_eq!(name, "Unauthorized", "invocation {i}");
+                assert!(
+                    message.contains(&format!(
+                        "Proof {} does not has a valid signature from {}",
+                        inv.cid(),
+                        owner.did()
+                    )),
+                    "invocation {i}: {message}"
+                );
+            } else {
+                assert_eq!(
+                    accepted(&client, &inv).await,
+                    vec![*ev.cid()],
+                    "invocation {i}"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let opened = store.open().await;
+    for (clock, ev) in &forged_events {
+        assert_absent(&opened, clock, &[*ev], "a forged advance in a batch").await;
+    }
+    let metrics = common::get(server.admin, "/metrics").await.text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    let (checks, batches) = (
+        value("clock_signature_batch_size_sum "),
+        value("clock_signature_batch_size_count "),
+    );
+    assert_eq!(
+        checks, 96.0,
+        "every invocation's signature was checked in a batch"
+    );
+    assert!(batches < checks, "{checks} checks in {batches} batches");
 }
 
 /// The body limit the limits test runs with.
