@@ -245,6 +245,41 @@ pub fn did_to_bytes(did: &str) -> Result<Vec<u8>, PrincipalError> {
     }
 }
 
+/// The `did:key` of multicodec-prefixed key bytes. Base58 is quadratic in the length (about a
+/// microsecond for an Ed25519 key), and a service decodes the same few keys over and over (its
+/// own as every invocation's audience, its clients' as issuers), so the strings of recently
+/// seen keys are kept: per thread (no lock), at most [`DID_KEY_MEMO`] of them, forgotten all
+/// at once when full.
+fn did_key_string(bytes: &[u8]) -> String {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static MEMO: RefCell<HashMap<Box<[u8]>, Box<str>>> = RefCell::new(HashMap::new());
+    }
+    let encode = || {
+        format!(
+            "{DID_KEY_PREFIX}{}",
+            multibase::encode(multibase::Base::Base58Btc, bytes)
+        )
+    };
+    MEMO.try_with(|memo| {
+        if let Some(s) = memo.borrow().get(bytes) {
+            return s.to_string();
+        }
+        let s = encode();
+        let mut memo = memo.borrow_mut();
+        if memo.len() >= DID_KEY_MEMO {
+            memo.clear();
+        }
+        memo.insert(bytes.into(), s.as_str().into());
+        s
+    })
+    .unwrap_or_else(|_| encode())
+}
+
+/// How many `did:key` strings each thread remembers (see `did_key_string`).
+const DID_KEY_MEMO: usize = 1024;
+
 /// The DID named by principal bytes.
 pub fn did_from_bytes(bytes: &[u8]) -> Result<String, PrincipalError> {
     let (code, rest) = read_varint(bytes).ok_or_else(|| PrincipalError::InvalidDid {
@@ -264,10 +299,7 @@ pub fn did_from_bytes(bytes: &[u8]) -> Result<String, PrincipalError> {
                     reason: "an ed25519 key is 32 bytes".to_string(),
                 });
             }
-            Ok(format!(
-                "{DID_KEY_PREFIX}{}",
-                multibase::encode(multibase::Base::Base58Btc, bytes)
-            ))
+            Ok(did_key_string(bytes))
         }
         DID_CORE => {
             let s = std::str::from_utf8(rest).map_err(|_| PrincipalError::InvalidDid {
