@@ -29,7 +29,10 @@
 //! compare-and-set decides. A block the store does not hold is a missing ancestor: a named
 //! error, never a hang, and nothing is written. Event blocks are stored only once the merge has
 //! succeeded, by the compare-and-set that installs the head naming them (one atomic store step,
-//! one round trip).
+//! one round trip); blocks the store is known to hold already (cached events) are not sent
+//! again. An advance merges against the head this process last saw of the clock
+//! ([`HeadHints`]) when it has one, so with one writer per clock that compare-and-set is the
+//! advance's only store round trip; a guess that proved stale is replaced by a read.
 
 use std::collections::HashMap;
 use std::sync::Arc;

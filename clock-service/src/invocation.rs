@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Each stage answers with an [`Outcome`] — the `{ok}` or `{error}` a receipt carries — so a
-//! rejected invocation never reaches the stages below it. The HTTP layer ([`crate::http`])
+//! rejected invocation never reaches the stages below it. The authorization layer first has the
+//! invocation's own signature verified in a batch with concurrent requests'
+//! ([`crate::signatures`]) and hands the validator that verdict. The HTTP layer ([`crate::http`])
 //! decodes the request, runs every invocation through this stack and signs the receipts.
 
 use std::collections::HashMap;
@@ -131,7 +133,7 @@ impl AuthLayer {
     /// The verdict on the invocation's own signature from the batch verifier, when there is
     /// one and the signature is an Ed25519 `did:key`'s on an invocation addressed to us (others
     /// are left to the validator, which would refuse a wrong audience before any signature).
-    async fn presigned(&self, invocation: &Delegation) -> Vec<(SignatureKey, bool)> {
+    async fn batched_verdicts(&self, invocation: &Delegation) -> Vec<(SignatureKey, bool)> {
         let Some(batch) = &self.batch else {
             return Vec::new();
         };
@@ -187,7 +189,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let verdicts = layer.presigned(&invocation.delegation).await;
+            let verdicts = layer.batched_verdicts(&invocation.delegation).await;
             let checked = layer.validator.check_with(
                 &invocation.delegation,
                 &layer.service_did,
