@@ -7,6 +7,11 @@
 //! - `chain3/decode_validate`: the same request through the full ucanto validator (signatures,
 //!   time bounds, alignment, capability derivation), as the clock service runs it.
 //! - `receipt/encode_sign`: sign a `clock/advance` receipt and encode the response CAR.
+//! - `ed25519/…`: one 400-byte message. `sign` (ours, AWS-LC) next to `sign_dalek`
+//!   (ed25519-dalek, what we used before); `verify` (ours, ZIP215 with the key decoded each time,
+//!   as for an invocation) next to `verify_dalek` (decode + `verify`); `batch_{n}_one_key` and
+//!   `batch_{n}_keys` ([`proto::principal::verify_batch`], n signatures from one key or n keys),
+//!   whose time divided by n is the cost per signature.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
@@ -107,5 +112,54 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(proto_benches, benches);
+fn ed25519(c: &mut Criterion) {
+    use ed25519_dalek::{Signer as _, Verifier as _};
+    use proto::principal::{Signature, SignatureCheck, verify_batch};
+    let signer = Ed25519Signer::from_seed(&[2; 32]);
+    let dalek = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+    let message = vec![7u8; 400];
+    let public = signer.public_key();
+    let signature = signer.sign(&message);
+    let raw = dalek.sign(&message);
+    c.bench_function("ed25519/sign", |b| {
+        b.iter(|| signer.sign(black_box(&message)))
+    });
+    c.bench_function("ed25519/sign_dalek", |b| {
+        b.iter(|| dalek.sign(black_box(&message)))
+    });
+    c.bench_function("ed25519/verify", |b| {
+        b.iter(|| SignatureCheck::new(black_box(public), &message, &signature).map(|c| c.verify()))
+    });
+    c.bench_function("ed25519/verify_dalek", |b| {
+        b.iter(|| {
+            ed25519_dalek::VerifyingKey::from_bytes(black_box(&public))
+                .is_ok_and(|k| k.verify(&message, &raw).is_ok())
+        })
+    });
+    for n in [8usize, 16] {
+        let keys: Vec<Ed25519Signer> = (0..n)
+            .map(|i| Ed25519Signer::from_seed(&[i as u8 + 10; 32]))
+            .collect();
+        let checks = |one_key: bool| -> Vec<SignatureCheck> {
+            (0..n)
+                .map(|i| {
+                    let key = if one_key { &keys[0] } else { &keys[i] };
+                    let mut m = message.clone();
+                    m[0] = i as u8;
+                    let sig: Signature = key.sign(&m);
+                    SignatureCheck::new(key.public_key(), &m, &sig).expect("ed25519")
+                })
+                .collect()
+        };
+        let (one, many) = (checks(true), checks(false));
+        c.bench_function(&format!("ed25519/batch_{n}_one_key"), |b| {
+            b.iter(|| verify_batch(black_box(one.clone())))
+        });
+        c.bench_function(&format!("ed25519/batch_{n}_keys"), |b| {
+            b.iter(|| verify_batch(black_box(many.clone())))
+        });
+    }
+}
+
+criterion_group!(proto_benches, benches, ed25519);
 criterion_main!(proto_benches);
