@@ -556,6 +556,20 @@ impl<S: ClockStore + Clone> Clocks<S> {
         }
     }
 
+    /// The same clocks over another handle on the store (a worker thread's own connection):
+    /// the event cache, the head hints and the turns of advances stay shared, so every worker
+    /// sees what the others learned and advances of one clock still take turns process-wide.
+    pub fn with_store(&self, store: S) -> Self {
+        Self {
+            store,
+            metrics: self.metrics.clone(),
+            max_reads: self.max_reads,
+            cache: self.cache.clone(),
+            hints: self.hints.clone(),
+            locks: self.locks.clone(),
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

@@ -189,6 +189,12 @@ pub struct Config {
     #[arg(long, env = "CLOCK_SIGNATURE_BATCH", default_value_t = DEFAULT_SIGNATURE_BATCH)]
     pub signature_batch: usize,
 
+    /// Worker threads serving the ucanto listener, each with its own runtime, store connection
+    /// and signature batches; connections are handed to the worker with the fewest open. 0 is
+    /// one per CPU this process may use (the cgroup's CPU limit counts).
+    #[arg(long, env = "CLOCK_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
     /// Time limit for one request (e.g. `10s`).
     #[arg(long, env = "CLOCK_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -273,6 +279,15 @@ impl Config {
         Self::try_parse_from(argv)
     }
 
+    /// How many worker threads serve the ucanto listener: `workers`, or with 0 one per CPU
+    /// this process may use.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
+
     /// The redb file's directory when the store is embedded.
     pub fn embedded_dir(&self) -> Option<PathBuf> {
         self.store.strip_prefix("redb:").map(|p| {
@@ -303,6 +318,8 @@ mod tests {
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.signature_cache, DEFAULT_SIGNATURE_CACHE);
         assert_eq!(c.signature_batch, DEFAULT_SIGNATURE_BATCH);
+        assert_eq!(c.workers, 0);
+        assert!(c.worker_threads() >= 1);
         assert_eq!(c.embedded_dir().unwrap(), PathBuf::from("./data"));
     }
 
@@ -317,9 +334,11 @@ mod tests {
                 ("CLOCK_AUTHORITIES", "did:web:a.test=did:key:z6Mkabc"),
                 ("CLOCK_SIGNATURE_CACHE", "0"),
                 ("CLOCK_SIGNATURE_BATCH", "1"),
+                ("CLOCK_WORKERS", "3"),
             ],
         )
         .unwrap();
+        assert_eq!(c.worker_threads(), 3);
         assert_eq!(c.signature_cache, 0);
         assert_eq!(c.signature_batch, 1);
         assert_eq!(c.provisioning, ProvisioningMode::Registry);

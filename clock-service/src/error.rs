@@ -31,4 +31,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A worker thread could not be started.
+    #[error("worker thread {worker}: {source}")]
+    Worker {
+        /// The worker's index.
+        worker: usize,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -8,6 +8,8 @@
 //! - [`config`]: the typed [`Config`] from the environment (and flags).
 //! - [`server`]: builds the [`App`] (key, store, validator, tower stacks) and serves the ucanto
 //!   and admin listeners with a graceful drain.
+//! - [`workers`]: the worker threads serving ucanto connections, each on a runtime of its
+//!   own.
 //! - [`http`]: ucanto over HTTP — negotiation, bounded body, CAR in, signed receipts out.
 //! - [`invocation`]: the per-invocation tower stack: authorization layer, provisioning layer,
 //!   handlers.
@@ -34,6 +36,7 @@ pub mod provisioning;
 pub mod server;
 pub mod signatures;
 pub mod store;
+pub mod workers;
 
 pub use config::Config;
 pub use error::Error;

@@ -47,7 +47,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config.log, config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime: signals, accepting, admin, commands. Requests are served by the
+    // worker threads' own runtimes (`clock_service::workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -66,6 +66,13 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Labels of the per-worker gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// The worker thread's index (0 to `CLOCK_WORKERS` - 1).
+    pub worker: usize,
+}
+
 /// A store operation, as a label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -133,6 +140,8 @@ pub struct Metrics {
     pub provisioning_cache: Family<CacheLabels, Counter>,
     /// Invocation signatures verified together, per batch.
     pub signature_batch_size: Histogram,
+    /// Connections open on each worker thread.
+    pub worker_connections: Family<WorkerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -149,6 +158,7 @@ impl Metrics {
             store_duration: Family::new_with_constructor(latency),
             provisioning_cache: Family::default(),
             signature_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            worker_connections: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("clock");
         r.register(
@@ -200,6 +210,11 @@ impl Metrics {
             "signature_batch_size",
             "Invocation signatures verified together in one batch",
             m.signature_batch_size.clone(),
+        );
+        r.register(
+            "worker_connections",
+            "ucanto connections open, by worker thread",
+            m.worker_connections.clone(),
         );
         m
     }

@@ -14,7 +14,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use proto::car::CarLimits;
@@ -22,6 +21,8 @@ use proto::principal::{Ed25519Signer, Verifier};
 use proto::ucan::Delegation;
 use proto::validator::{BoundedSignatureCache, Validator};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
 
@@ -34,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::provisioning::{Provisioning, StorachaCheck};
 use crate::signatures::BatchVerifier;
 use crate::store::{AnyStore, ClockStore};
+use crate::workers::Workers;
 
 /// The file beside an embedded store that keeps a generated service key.
 pub const KEY_FILE: &str = "clock.key";
@@ -112,8 +114,65 @@ pub struct App {
     registry: Arc<Registry>,
     metrics: Metrics,
     ucanto: HttpService,
+    parts: StackParts,
+    workers: usize,
     draining: Arc<AtomicBool>,
     grace: Duration,
+}
+
+/// What the ucanto stack is built from. Each worker thread builds its own stack from a clone:
+/// its own store connection and signature batches, everything else (validator and signature
+/// cache, provisioning cache, event cache and head hints, the concurrency limit, metrics)
+/// shared.
+#[derive(Clone, Debug)]
+struct StackParts {
+    auth: AuthLayer,
+    /// Most signatures per batch; 0 or 1 is no batching.
+    signature_batch: usize,
+    provisioning: ProvisioningLayer,
+    clocks: Clocks<AnyStore>,
+    signer: Arc<Ed25519Signer>,
+    limits: CarLimits,
+    max_body_bytes: usize,
+    /// `CLOCK_MAX_CONCURRENCY` permits, shared by every worker's stack.
+    concurrency: Arc<Semaphore>,
+    request_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl StackParts {
+    /// The ucanto HTTP stack over `store` (a handle of the worker that will run it).
+    fn stack(&self, store: AnyStore) -> HttpService {
+        let mut auth = self.auth.clone();
+        if self.signature_batch > 1 {
+            auth = auth.with_batch_verifier(BatchVerifier::new(
+                self.signature_batch,
+                self.metrics.clone(),
+            ));
+        }
+        let invocations = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(auth)
+                .layer(self.provisioning.clone())
+                .service(Handler::new(self.clocks.with_store(store))),
+        );
+        let endpoint = Ucanto::new(
+            invocations,
+            self.signer.clone(),
+            self.limits,
+            self.max_body_bytes,
+            self.metrics.clone(),
+        );
+        BoxCloneSyncService::new(Recover(
+            ServiceBuilder::new()
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                    self.concurrency.clone(),
+                ))
+                .timeout(self.request_timeout)
+                .service(endpoint),
+        ))
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -217,43 +276,28 @@ impl App {
                 Provisioning::storacha(check, config.provisioning_ttl, metrics.clone())
             }
         };
-        let clocks = Clocks::new(store.clone(), metrics.clone(), config.max_advance_reads);
-        let mut auth = AuthLayer::new(validator, signer.did());
-        if config.signature_batch > 1 {
-            auth = auth
-                .with_batch_verifier(BatchVerifier::new(config.signature_batch, metrics.clone()));
-        }
-        let invocations = BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(auth)
-                .layer(ProvisioningLayer::new(
-                    provisioning,
-                    config.provisioning_head,
-                ))
-                .service(Handler::new(clocks)),
-        );
         let signer = Arc::new(signer);
-        let limits = CarLimits::default().with_max_blocks(config.max_blocks);
-        let endpoint = Ucanto::new(
-            invocations,
-            signer.clone(),
-            limits,
-            config.max_body_bytes,
-            metrics.clone(),
-        );
-        let ucanto = BoxCloneSyncService::new(Recover(
-            ServiceBuilder::new()
-                .load_shed()
-                .concurrency_limit(config.max_concurrency)
-                .timeout(config.request_timeout)
-                .service(endpoint),
-        ));
+        let parts = StackParts {
+            auth: AuthLayer::new(validator, signer.did()),
+            signature_batch: config.signature_batch,
+            provisioning: ProvisioningLayer::new(provisioning, config.provisioning_head),
+            clocks: Clocks::new(store.clone(), metrics.clone(), config.max_advance_reads),
+            signer: signer.clone(),
+            limits: CarLimits::default().with_max_blocks(config.max_blocks),
+            max_body_bytes: config.max_body_bytes,
+            concurrency: Arc::new(Semaphore::new(config.max_concurrency)),
+            request_timeout: config.request_timeout,
+            metrics: metrics.clone(),
+        };
+        let ucanto = parts.stack(store.clone());
         Ok(Self {
             signer,
             store,
             registry: Arc::new(registry),
             metrics,
             ucanto,
+            parts,
+            workers: config.worker_threads(),
             draining: Arc::new(AtomicBool::new(false)),
             grace: config.shutdown_grace,
         })
@@ -317,74 +361,82 @@ impl App {
         }))
     }
 
-    /// Serves ucanto on `listener` and admin on `admin` until `shutdown` resolves, then stops
-    /// accepting ucanto connections, reports not-ready (the admin endpoint keeps answering), and
-    /// waits up to the grace period for in-flight requests.
+    /// Serves ucanto on `listener` (its connections handed to the worker threads, see
+    /// [`crate::workers`]) and admin on `admin` (on the calling runtime) until `shutdown`
+    /// resolves, then stops accepting ucanto connections, reports not-ready (the admin endpoint
+    /// keeps answering), and waits up to the grace period for in-flight requests.
     pub async fn serve(
         self,
         listener: TcpListener,
         admin: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
+        let parts = self.parts.clone();
+        let mut workers = Workers::start(
+            self.workers,
+            &self.store,
+            move |store| parts.stack(store),
+            self.grace,
+            &self.metrics,
+        )
+        .await?;
+        tracing::debug!(workers = workers.len(), "worker threads started");
         let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
-        let ucanto = self.ucanto.clone();
         let admin_service = self.admin();
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, service) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => (stream, ucanto.clone()),
-                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
-                },
-                accepted = admin.accept() => match accepted {
-                    Ok((stream, _)) => (stream, admin_service.clone()),
-                    Err(e) => { tracing::warn!(error = %e, "admin accept failed"); continue; }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
+        let serve_admin = |stream: tokio::net::TcpStream| {
             let conn = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(admin_service.clone()),
+                )
                 .into_owned();
-            let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    tracing::debug!(error = %e, "admin connection ended with an error");
                 }
             });
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted.and_then(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    s.into_std()
+                }) {
+                    Ok(stream) => {
+                        if workers.dispatch(stream).is_err() {
+                            tracing::error!("no worker thread is running; closing the connection");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+                },
+                accepted = admin.accept() => match accepted {
+                    Ok((stream, _)) => serve_admin(stream),
+                    Err(e) => tracing::warn!(error = %e, "admin accept failed"),
+                },
+                () = &mut shutdown => break,
+            }
         }
         self.draining.store(true, Ordering::Relaxed);
         drop(listener);
         tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
-        // The admin endpoint keeps answering while the ucanto connections drain, so probes see
-        // `/readyz` 503 (and `/metrics` stays scrapeable) until the process exits; without this
-        // the draining state could never be observed by a new probe connection.
-        let drained = tokio::time::timeout(self.grace, graceful.shutdown());
+        // The admin endpoint keeps answering while the workers drain, so probes see `/readyz`
+        // 503 (and `/metrics` stays scrapeable) until the process exits; without this the
+        // draining state could never be observed by a new probe connection. Each worker applies
+        // the grace period itself; the outer bound only guards against a worker that hangs.
+        let drained = tokio::time::timeout(self.grace + DRAIN_SLACK, workers.drain());
         tokio::pin!(drained);
         loop {
             tokio::select! {
                 result = &mut drained => {
                     match result {
                         Ok(()) => tracing::info!("drained"),
-                        Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+                        Err(_) => tracing::warn!("grace period over; some workers did not stop"),
                     }
                     break;
                 }
                 accepted = admin.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let conn = builder
-                            .serve_connection(
-                                TokioIo::new(stream),
-                                TowerToHyperService::new(admin_service.clone()),
-                            )
-                            .into_owned();
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "admin connection ended with an error");
-                            }
-                        });
-                    }
+                    Ok((stream, _)) => serve_admin(stream),
                     Err(e) => tracing::warn!(error = %e, "admin accept failed"),
                 },
             }
@@ -392,6 +444,10 @@ impl App {
         Ok(())
     }
 }
+
+/// How long past the grace period the process waits for its worker threads to stop: their
+/// runtimes close the connections left after the grace period, which takes moments.
+const DRAIN_SLACK: Duration = Duration::from_secs(2);
 
 /// Binds a listener, with the address in the error.
 pub async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListener, Error> {

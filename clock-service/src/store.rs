@@ -160,6 +160,16 @@ impl AnyStore {
         }
     }
 
+    /// The same store for another worker thread: a Redis store opens a connection of its own
+    /// (driven by the runtime this is called on), a redb store is shared as it is (its
+    /// operations run on the blocking pool anyway).
+    pub async fn another_connection(&self) -> Result<Self, StoreError> {
+        match self {
+            Self::Redis(s) => Ok(Self::Redis(s.another_connection().await?)),
+            Self::Redb(s) => Ok(Self::Redb(s.clone())),
+        }
+    }
+
     /// A short name of the backend, for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -1,5 +1,6 @@
 //! [`RedisStore`]: clocks in Redis, one multiplexed, self-reconnecting connection
-//! ([`redis::aio::ConnectionManager`]) shared by every task.
+//! ([`redis::aio::ConnectionManager`]) shared by every task of a runtime; each worker thread
+//! opens its own ([`RedisStore::another_connection`]), so no command crosses threads.
 //!
 //! # Key layout
 //!
@@ -90,6 +91,8 @@ const ALL_CLOCKS: &str = "all clocks";
 pub struct RedisStore {
     /// The shared connection; commands from all clones are pipelined on it.
     conn: ConnectionManager,
+    /// Where `conn` connects, to open another connection to the same server.
+    client: redis::Client,
     /// Prepended to every key (see the module documentation).
     prefix: Arc<str>,
 }
@@ -100,6 +103,21 @@ impl std::fmt::Debug for RedisStore {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// A self-reconnecting connection to `client`'s server.
+async fn manage(client: redis::Client) -> Result<ConnectionManager, StoreError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(CONNECTION_RETRIES);
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|source| StoreError::Redis {
+            op: "connect",
+            clock: ALL_CLOCKS.to_owned(),
+            source,
+        })
 }
 
 impl RedisStore {
@@ -123,20 +141,21 @@ impl RedisStore {
             location: redact(url).into_owned(),
             reason: e.to_string(),
         })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(CONNECTION_RETRIES);
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|source| StoreError::Redis {
-                op: "connect",
-                clock: ALL_CLOCKS.to_owned(),
-                source,
-            })?;
         Ok(Self {
-            conn,
+            conn: manage(client.clone()).await?,
+            client,
             prefix: prefix.into(),
+        })
+    }
+
+    /// The same store over a connection of its own, driven by the runtime this is called on.
+    /// Each worker thread serves its requests over one (see `crate::workers`): the shared
+    /// connection's replies would otherwise wake tasks on another thread.
+    pub async fn another_connection(&self) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: manage(self.client.clone()).await?,
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
         })
     }
 
