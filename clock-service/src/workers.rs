@@ -410,7 +410,11 @@ mod tests {
             .expect("the workers stop once the request is answered")
             .unwrap();
         let mut byte = [0u8; 1];
-        assert_eq!(client.read(&mut byte).await.unwrap(), 0, "idle connection closed");
+        assert_eq!(
+            client.read(&mut byte).await.unwrap(),
+            0,
+            "idle connection closed"
+        );
         assert_eq!((open(&metrics, 0), open(&metrics, 1)), (0, 0));
     }
 
@@ -423,7 +427,14 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let mut redis = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/services uses it)");

@@ -91,8 +91,9 @@ const ALL_CLOCKS: &str = "all clocks";
 pub struct RedisStore {
     /// The shared connection; commands from all clones are pipelined on it.
     conn: ConnectionManager,
-    /// Where `conn` connects, to open another connection to the same server.
-    client: redis::Client,
+    /// Where `conn` connects, to open another connection to the same server (boxed: it is
+    /// large, and stores travel by value).
+    client: Arc<redis::Client>,
     /// Prepended to every key (see the module documentation).
     prefix: Arc<str>,
 }
@@ -143,7 +144,7 @@ impl RedisStore {
         })?;
         Ok(Self {
             conn: manage(client.clone()).await?,
-            client,
+            client: Arc::new(client),
             prefix: prefix.into(),
         })
     }
@@ -153,7 +154,7 @@ impl RedisStore {
     /// connection's replies would otherwise wake tasks on another thread.
     pub async fn another_connection(&self) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: manage(self.client.clone()).await?,
+            conn: manage(redis::Client::clone(&self.client)).await?,
             client: self.client.clone(),
             prefix: self.prefix.clone(),
         })
