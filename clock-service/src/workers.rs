@@ -246,7 +246,9 @@ async fn tick() {
     }
 }
 
-/// The period of [`tick`]: shorter than any timer a request sets.
+/// The period of [`tick`]: shorter than the timers a request sets by default (the 10 s request
+/// timeout, Redis's 5 s response timeout). A request timeout below it still works; it only
+/// brings the wake-ups back.
 const TICK: Duration = Duration::from_millis(500);
 
 /// Counts a connection as closed when dropped (its task ended or was dropped with the runtime).
