@@ -7,8 +7,8 @@
 //! hand-over to a task on another thread is a futex or eventfd wake-up and a context switch,
 //! about 0.7 per request at 16 in flight on two CPUs. Within one worker every hand-over is a
 //! queue push on the same thread. On this service's load test that cut the server's CPU per
-//! `clock/head` by about 15 % and raised throughput by 15–25 % (BENCHMARKS.md, "Worker
-//! threads"). The cost: a connection stays on its worker, so a few very busy connections can
+//! `clock/head` by about 10 % and raised throughput by a median 19 % over five alternating pairs
+//! (BENCHMARKS.md, "Worker threads", which also has the tick's share). The cost: a connection stays on its worker, so a few very busy connections can
 //! load workers unevenly. Shared state (the event cache, head hints, the turns of advances, the
 //! signature cache, the provisioning cache, metrics, the concurrency limit) stays shared.
 //!
